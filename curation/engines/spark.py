@@ -1,0 +1,125 @@
+"""Spark engine: ``mapInArrow`` over shard tasks, one Spark task per shard.
+
+The output schema of ``mapInArrow`` is derived from our pyarrow schema (:func:`to_spark_schema`).
+Runs ``local[*]`` when started from plain Python, and on whatever master ``spark-submit`` gives.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import pyarrow as pa
+
+from curation.engines.base import Engine, EngineUnavailable
+from curation.runner import ShardTask, process_shard
+from curation.stages.base import StageSpec
+from schemas import SHARD_RESULT_SCHEMA
+
+logger = logging.getLogger(__name__)
+
+
+def _import_pyspark():
+    try:
+        import pyspark.sql
+        import pyspark.sql.types
+    except ImportError as exc:
+        raise EngineUnavailable(
+            "the 'spark' engine needs PySpark: pip install 'lvd[spark]'"
+        ) from exc
+    return pyspark
+
+
+def to_spark_schema(schema: pa.Schema):
+    """The Spark ``StructType`` matching a pyarrow schema (fixed-size lists become arrays)."""
+    T = _import_pyspark().sql.types
+
+    def convert(dtype: pa.DataType):
+        simple = {
+            pa.string(): T.StringType(),
+            pa.large_string(): T.StringType(),
+            pa.int8(): T.ByteType(),
+            pa.int16(): T.ShortType(),
+            pa.int32(): T.IntegerType(),
+            pa.int64(): T.LongType(),
+            pa.float32(): T.FloatType(),
+            pa.float64(): T.DoubleType(),
+            pa.bool_(): T.BooleanType(),
+            pa.binary(): T.BinaryType(),
+            pa.large_binary(): T.BinaryType(),
+        }
+        if dtype in simple:
+            return simple[dtype]
+        if (
+            pa.types.is_list(dtype)
+            or pa.types.is_fixed_size_list(dtype)
+            or pa.types.is_large_list(dtype)
+        ):
+            return T.ArrayType(convert(dtype.value_type), containsNull=False)
+        if pa.types.is_struct(dtype):
+            return T.StructType([T.StructField(f.name, convert(f.type), f.nullable) for f in dtype])
+        raise TypeError(f"no Spark type for Arrow type {dtype}")
+
+    return T.StructType([T.StructField(f.name, convert(f.type), f.nullable) for f in schema])
+
+
+def get_spark_session(master: str | None = None, app_name: str = "lvd", conf: dict | None = None):
+    """The active session, or a new one (``local[*]`` unless ``master`` or spark-submit says else)."""
+    pyspark = _import_pyspark()
+    # Python workers must run the interpreter (and so the packages) of the driver.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    builder = pyspark.sql.SparkSession.builder.appName(app_name)
+    if master:
+        builder = builder.master(master)
+    settings = {
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+        "spark.ui.enabled": "false",
+        "spark.ui.showConsoleProgress": "false",
+        "spark.sql.shuffle.partitions": "8",
+        **(conf or {}),
+    }
+    for key, value in settings.items():
+        builder = builder.config(key, value)
+    return builder.getOrCreate()
+
+
+def _shard_partition(spec: StageSpec):
+    def run(batches):
+        stage = None
+        for batch in batches:
+            if batch.num_rows == 0:
+                continue
+            if stage is None:
+                stage = spec.build()  # once per Spark task, not per shard
+            results = [process_shard(stage, ShardTask(**row)) for row in batch.to_pylist()]
+            yield pa.RecordBatch.from_pylist(results, schema=SHARD_RESULT_SCHEMA)
+
+    return run
+
+
+class SparkEngine(Engine):
+    name = "spark"
+
+    def __init__(self, master: str | None = None, conf: dict | None = None):
+        session_cls = _import_pyspark().sql.SparkSession
+        # Stop the session on close only if this engine started it (tests and jobs may share one).
+        self._owns_session = session_cls.getActiveSession() is None
+        self.spark = get_spark_session(master, conf=conf)
+        if self._owns_session:
+            self.spark.sparkContext.setLogLevel("WARN")
+
+    def run_shards(self, spec: StageSpec, tasks: list[ShardTask]) -> list[dict]:
+        rows = [(t.input_path, t.output_path, t.marker_path) for t in tasks]
+        frame = self.spark.createDataFrame(
+            rows, schema="input_path string, output_path string, marker_path string"
+        ).repartition(len(rows))
+        result = frame.mapInArrow(_shard_partition(spec), to_spark_schema(SHARD_RESULT_SCHEMA))
+        collected = [row.asDict() for row in result.collect()]
+        logger.info("spark engine: %d shard(s)", len(collected))
+        return collected
+
+    def close(self) -> None:
+        if self._owns_session:
+            self.spark.stop()

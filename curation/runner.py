@@ -1,0 +1,137 @@
+"""Run a stage over input shards with any engine; resumable and retry-safe.
+
+The shard is the unit of distribution and of retry (as in img2dataset): input shard
+``<in>/part-00003.parquet`` becomes ``<stage_dir>/part-00003.parquet``, written to a temp path and
+renamed in, then a per-shard marker ``<stage_dir>/_shards/part-00003.json`` (its counters) is written
+the same way. A shard is done iff its marker exists, so a rerun after a crash redoes only unfinished
+shards and never duplicates rows. When every shard is done the stage writes ``stats.json`` and
+``_SUCCESS``; a rerun of a finished stage does nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from curation.io import AtomicParquetWriter, sweep_temp_files, write_json_atomic
+from curation.rundir import StageDir
+from curation.stages.base import Stage, StageSpec
+from schemas import SchemaError, validate
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    input_path: str
+    output_path: str
+    marker_path: str
+
+    @property
+    def shard(self) -> str:
+        return Path(self.input_path).stem
+
+
+def shard_counters(rows_in: int, output: pa.Table) -> Counter:
+    counters: Counter = Counter(rows_in=rows_in, rows_out=output.num_rows)
+    if "status" in output.column_names and output.num_rows:
+        for item in pc.value_counts(output.column("status")).to_pylist():
+            counters[f"status_{item['values']}"] += item["counts"]
+    return counters
+
+
+def process_shard(stage: Stage, task: ShardTask) -> dict:
+    """Run ``stage`` over one input shard; write its output and marker atomically.
+
+    Returns a row of ``SHARD_RESULT_SCHEMA``. Reading the input in ``stage.batch_size`` batches keeps
+    memory bounded by the batch, not the shard.
+    """
+    start = time.perf_counter()
+    parquet = pq.ParquetFile(task.input_path)
+    input_names = stage.input_schema.names
+    missing = [n for n in input_names if n not in parquet.schema_arrow.names]
+    if missing:
+        raise SchemaError(
+            f"{task.input_path}: input of stage {stage.name!r} lacks column(s) {missing}; "
+            f"found {parquet.schema_arrow.names}"
+        )
+    counters: Counter = Counter()
+    with AtomicParquetWriter(Path(task.output_path), stage.output_schema) as writer:
+        for batch in parquet.iter_batches(batch_size=stage.batch_size, columns=input_names):
+            table = pa.Table.from_batches([batch])
+            validate(table, stage.input_schema)
+            output = stage(table)
+            counters += shard_counters(table.num_rows, output)
+            writer.write(output)
+    seconds = time.perf_counter() - start
+    result = {
+        "shard": task.shard,
+        "output": task.output_path,
+        "rows_in": counters["rows_in"],
+        "rows_out": counters["rows_out"],
+        "seconds": seconds,
+        "counters_json": json.dumps(dict(sorted(counters.items()))),
+    }
+    write_json_atomic(Path(task.marker_path), result)
+    return result
+
+
+def plan_tasks(inputs: list[Path], stage_dir: StageDir) -> tuple[list[ShardTask], list[ShardTask]]:
+    """Split the shard tasks into (pending, done) by their markers."""
+    stems = [Path(p).stem for p in inputs]
+    duplicated = [s for s, n in Counter(stems).items() if n > 1]
+    if duplicated:
+        raise ValueError(f"input shards must have distinct file names; repeated: {duplicated[:5]}")
+    pending, done = [], []
+    for path in sorted(inputs, key=lambda p: Path(p).name):
+        stem = Path(path).stem
+        task = ShardTask(
+            input_path=str(Path(path).resolve()),
+            output_path=str(stage_dir.shard_output(stem)),
+            marker_path=str(stage_dir.shard_marker(stem)),
+        )
+        (done if Path(task.marker_path).is_file() else pending).append(task)
+    return pending, done
+
+
+def run_stage(spec: StageSpec, inputs: list[Path], stage_dir: StageDir, engine) -> dict:
+    """Run ``spec`` over ``inputs`` into ``stage_dir`` with ``engine``; returns the merged stats.
+
+    Skips everything if the stage already finished, and already-finished shards otherwise.
+    """
+    if stage_dir.is_complete():
+        logger.info("stage %s already complete in %s; skipping", spec.name, stage_dir.path)
+        return stage_dir.read_stats()
+    if not inputs:
+        raise FileNotFoundError(f"stage {spec.name!r}: no input shards")
+    stage_dir.path.mkdir(parents=True, exist_ok=True)
+    swept = sweep_temp_files(stage_dir.path)
+    if swept:
+        logger.info("removed %d temp file(s) left by an interrupted run", swept)
+    pending, done = plan_tasks(inputs, stage_dir)
+    logger.info(
+        "stage %s on %s: %d shard(s) to do, %d already done",
+        spec.name,
+        engine.name,
+        len(pending),
+        len(done),
+    )
+    start = time.perf_counter()
+    if pending:
+        engine.run_shards(spec, pending)
+    missing = [t.shard for t in pending if not Path(t.marker_path).is_file()]
+    if missing:
+        raise RuntimeError(
+            f"stage {spec.name!r}: engine {engine.name} left shards unfinished: {missing}"
+        )
+    stats = stage_dir.merge_shard_stats(engine=engine.name, seconds=time.perf_counter() - start)
+    stage_dir.mark_complete()
+    return stats

@@ -1,0 +1,135 @@
+"""Backbone constructors and the checkpoint loader.
+
+``build_model(arch, **kwargs)`` takes ``"vit"`` (the bare ``DinoVisionTransformer``, every
+size given), an official constructor name (``vit_small``, ``vit_base``, ``vit_large``,
+``vit_giant2``: the official ``DinoVisionTransformer`` defaults) or a torch.hub name
+(``dinov2_vits14``, ``dinov2_vits14_reg``, ...: the settings the released backbones were
+built with). ``load_backbone`` loads a local state dict strictly, with no key renaming.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+
+from pretrain.models.hub import (
+    dinov2_vitb14,
+    dinov2_vitb14_reg,
+    dinov2_vitg14,
+    dinov2_vitg14_reg,
+    dinov2_vitl14,
+    dinov2_vitl14_reg,
+    dinov2_vits14,
+    dinov2_vits14_reg,
+)
+from pretrain.models.vision_transformer import (
+    DinoVisionTransformer,
+    vit_base,
+    vit_giant2,
+    vit_large,
+    vit_small,
+)
+
+ARCHITECTURES: dict[str, Callable[..., DinoVisionTransformer]] = {
+    # Every size given explicitly (tests, custom configs).
+    "vit": DinoVisionTransformer,
+    "vit_small": vit_small,
+    "vit_base": vit_base,
+    "vit_large": vit_large,
+    "vit_giant2": vit_giant2,
+    "dinov2_vits14": dinov2_vits14,
+    "dinov2_vitb14": dinov2_vitb14,
+    "dinov2_vitl14": dinov2_vitl14,
+    "dinov2_vitg14": dinov2_vitg14,
+    "dinov2_vits14_reg": dinov2_vits14_reg,
+    "dinov2_vitb14_reg": dinov2_vitb14_reg,
+    "dinov2_vitl14_reg": dinov2_vitl14_reg,
+    "dinov2_vitg14_reg": dinov2_vitg14_reg,
+}
+
+# Containers our training checkpoints nest the backbone under, in order of preference.
+CHECKPOINT_CONTAINERS = ("teacher", "model")
+BACKBONE_PREFIX = "backbone."
+
+
+class UnknownArchitectureError(ValueError):
+    """Raised when ``build_model`` is asked for a name that is not in ``ARCHITECTURES``."""
+
+
+class CheckpointFormatError(ValueError):
+    """Raised when a checkpoint holds no recognisable backbone state dict."""
+
+
+def build_model(arch: str, **kwargs: Any) -> DinoVisionTransformer:
+    """Build a backbone by name; ``kwargs`` override the constructor's settings."""
+    try:
+        constructor = ARCHITECTURES[arch]
+    except KeyError:
+        raise UnknownArchitectureError(
+            f"unknown architecture {arch!r}; expected one of {sorted(ARCHITECTURES)}"
+        ) from None
+    return constructor(**kwargs)
+
+
+def extract_backbone_state_dict(checkpoint: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """Return the backbone's tensors from a raw state dict or a training checkpoint.
+
+    Accepts the official raw backbone state dict as is, or one nested under
+    ``"teacher"`` / ``"model"`` whose backbone keys start with ``"backbone."`` (the
+    prefix is stripped and the heads' keys are left out).
+    """
+    state: Mapping[str, Any] = checkpoint
+    for container in CHECKPOINT_CONTAINERS:
+        if container in checkpoint and isinstance(checkpoint[container], Mapping):
+            state = checkpoint[container]
+            break
+    if any(key.startswith(BACKBONE_PREFIX) for key in state):
+        state = {
+            key[len(BACKBONE_PREFIX) :]: value
+            for key, value in state.items()
+            if key.startswith(BACKBONE_PREFIX)
+        }
+    tensors = {key: value for key, value in state.items() if isinstance(value, torch.Tensor)}
+    if not tensors:
+        raise CheckpointFormatError(
+            "no tensors found; expected a backbone state dict, or one under "
+            f"{CHECKPOINT_CONTAINERS} with keys prefixed {BACKBONE_PREFIX!r}"
+        )
+    return tensors
+
+
+def load_backbone(
+    path: str | os.PathLike[str],
+    arch: str = "dinov2_vits14",
+    map_location: str | torch.device = "cpu",
+    **kwargs: Any,
+) -> DinoVisionTransformer:
+    """Build ``arch`` (with ``kwargs``) and load the checkpoint at ``path`` with ``strict=True``.
+
+    Checkpoints cannot be downloaded here: save the official state dict (e.g.
+    ``torch.hub.load_state_dict_from_url(...)``) to a local file first.
+    """
+    checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    if not isinstance(checkpoint, Mapping):
+        raise CheckpointFormatError(f"{path} holds a {type(checkpoint).__name__}, not a dict")
+    model = build_model(arch, **kwargs)
+    model.load_state_dict(extract_backbone_state_dict(checkpoint), strict=True)
+    return model
+
+
+__all__ = [
+    "ARCHITECTURES",
+    "CheckpointFormatError",
+    "DinoVisionTransformer",
+    "UnknownArchitectureError",
+    "build_model",
+    "extract_backbone_state_dict",
+    "load_backbone",
+    "vit_base",
+    "vit_giant2",
+    "vit_large",
+    "vit_small",
+]

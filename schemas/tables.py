@@ -1,0 +1,197 @@
+"""Named, versioned Arrow schemas for every stage boundary (see ARCHITECTURE.md, "Data contracts").
+
+Each schema carries its name and version in its metadata (``lvd.schema``, ``lvd.version``) so files
+on disk say what they hold. Bump the version when a field changes meaning or type.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+STATUS_OK = "ok"
+
+
+def _named(name: str, version: int, fields: list[pa.Field]) -> pa.Schema:
+    return pa.schema(fields, metadata={"lvd.schema": name, "lvd.version": str(version)})
+
+
+def schema_name(schema: pa.Schema) -> str:
+    return (schema.metadata or {}).get(b"lvd.schema", b"").decode()
+
+
+# A user's URL list; free-form extra columns are allowed and carried along (validate(allow_extra)).
+URL_LIST_SCHEMA = _named(
+    "url_list",
+    1,
+    [
+        pa.field("url", pa.string(), nullable=False),
+        pa.field("caption", pa.string()),
+    ],
+)
+
+# One row per URL after download (img2dataset's per-sample metadata, normalised).
+DOWNLOADED_SAMPLE_SCHEMA = _named(
+    "downloaded_sample",
+    1,
+    [
+        pa.field("key", pa.string(), nullable=False),
+        pa.field("url", pa.string(), nullable=False),
+        pa.field("caption", pa.string()),
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("error_message", pa.string()),
+        pa.field("sha256", pa.string()),
+        pa.field("width", pa.int32()),
+        pa.field("height", pa.int32()),
+        pa.field("original_width", pa.int32()),
+        pa.field("original_height", pa.int32()),
+        pa.field("source_file", pa.string()),
+        pa.field("source_member", pa.string()),
+    ],
+)
+
+# Encoded image bytes with where they came from; the input of decode/ingest.
+ENCODED_IMAGE_SCHEMA = _named(
+    "encoded_image",
+    1,
+    [
+        pa.field("key", pa.string(), nullable=False),
+        pa.field("url", pa.string()),
+        pa.field("image", pa.binary()),
+        pa.field("source_file", pa.string()),
+        pa.field("source_offset", pa.int64()),
+        pa.field("source_size", pa.int64()),
+    ],
+)
+
+# A validated image: what it is (hash, decoded size) and where its bytes live (file, offset, size).
+IMAGE_RECORD_SCHEMA = _named(
+    "image_record",
+    1,
+    [
+        pa.field("key", pa.string(), nullable=False),
+        pa.field("url", pa.string()),
+        pa.field("sha256", pa.string()),
+        pa.field("width", pa.int32()),
+        pa.field("height", pa.int32()),
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("error_message", pa.string()),
+        pa.field("source_file", pa.string()),
+        pa.field("source_offset", pa.int64()),
+        pa.field("source_size", pa.int64()),
+    ],
+)
+
+
+def embedding_schema(dim: int) -> pa.Schema:
+    """Embeddings as fixed-size float32 lists: ``.flatten().to_numpy().reshape(n, dim)`` is zero-copy."""
+    if dim <= 0:
+        raise ValueError(f"embedding dimension must be positive, got {dim}")
+    return _named(
+        "embedding",
+        1,
+        [
+            pa.field("key", pa.string(), nullable=False),
+            pa.field("embedding", pa.list_(pa.float32(), dim), nullable=False),
+            pa.field("model_id", pa.string(), nullable=False),
+        ],
+    )
+
+
+# kNN-graph edges above the similarity threshold (src < dst by key order, each pair once).
+DEDUP_EDGE_SCHEMA = _named(
+    "dedup_edge",
+    1,
+    [
+        pa.field("src_key", pa.string(), nullable=False),
+        pa.field("dst_key", pa.string(), nullable=False),
+        pa.field("similarity", pa.float32(), nullable=False),
+    ],
+)
+
+# Connected components: every image, its component and whether it survives.
+DEDUP_COMPONENT_SCHEMA = _named(
+    "dedup_component",
+    1,
+    [
+        pa.field("key", pa.string(), nullable=False),
+        pa.field("component_id", pa.int64(), nullable=False),
+        pa.field("representative_key", pa.string(), nullable=False),
+        pa.field("keep", pa.bool_(), nullable=False),
+        pa.field("reason", pa.string(), nullable=False),  # kept | duplicate | eval_contaminated
+    ],
+)
+
+CLUSTER_ASSIGNMENT_SCHEMA = _named(
+    "cluster_assignment",
+    1,
+    [
+        pa.field("key", pa.string(), nullable=False),
+        pa.field("cluster_id", pa.int64(), nullable=False),
+        pa.field("distance", pa.float32(), nullable=False),  # squared L2 to the centroid
+    ],
+)
+
+# One row per selected pool image per seed it was selected for, with provenance.
+RETRIEVAL_SELECTION_SCHEMA = _named(
+    "retrieval_selection",
+    1,
+    [
+        pa.field("key", pa.string(), nullable=False),
+        pa.field("seed_dataset", pa.string(), nullable=False),
+        pa.field("mode", pa.string(), nullable=False),  # as_is | sample | cluster
+        pa.field("seed_key", pa.string()),
+        pa.field("rank", pa.int32()),
+        pa.field("similarity", pa.float32()),
+        pa.field("cluster_id", pa.int64()),
+    ],
+)
+
+# The Parquet index beside the LVD shards: where each sample is, and its lineage from URL to shard.
+SHARD_INDEX_SCHEMA = _named(
+    "shard_index",
+    1,
+    [
+        pa.field("key", pa.string(), nullable=False),
+        pa.field("shard", pa.string(), nullable=False),
+        pa.field("member", pa.string(), nullable=False),
+        pa.field("offset", pa.int64(), nullable=False),
+        pa.field("size", pa.int64(), nullable=False),
+        pa.field("sha256", pa.string(), nullable=False),
+        pa.field("url", pa.string()),
+        pa.field("seed_dataset", pa.string()),
+        pa.field("mode", pa.string()),
+        pa.field("seed_key", pa.string()),
+        pa.field("width", pa.int32()),
+        pa.field("height", pa.int32()),
+    ],
+)
+
+# Engines report one row per processed shard (internal to curation.engines).
+SHARD_RESULT_SCHEMA = _named(
+    "shard_result",
+    1,
+    [
+        pa.field("shard", pa.string(), nullable=False),
+        pa.field("output", pa.string(), nullable=False),
+        pa.field("rows_in", pa.int64(), nullable=False),
+        pa.field("rows_out", pa.int64(), nullable=False),
+        pa.field("seconds", pa.float64(), nullable=False),
+        pa.field("counters_json", pa.string(), nullable=False),
+    ],
+)
+
+ALL_SCHEMAS = {
+    schema_name(s): s
+    for s in (
+        URL_LIST_SCHEMA,
+        DOWNLOADED_SAMPLE_SCHEMA,
+        ENCODED_IMAGE_SCHEMA,
+        IMAGE_RECORD_SCHEMA,
+        DEDUP_EDGE_SCHEMA,
+        DEDUP_COMPONENT_SCHEMA,
+        CLUSTER_ASSIGNMENT_SCHEMA,
+        RETRIEVAL_SELECTION_SCHEMA,
+        SHARD_INDEX_SCHEMA,
+        SHARD_RESULT_SCHEMA,
+    )
+}

@@ -1,0 +1,43 @@
+"""Shared synthetic webs: one small (fast checks) and one at the default size (timing, statistics)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from curation.synth import SynthConfig, SynthWeb, generate_synthetic_web
+
+# Mirrored in test_synth_web.py (test modules cannot import each other without packages).
+SMALL_CONFIG = SynthConfig(
+    seed=7,
+    n_pool=120,
+    n_classes=10,
+    n_near_duplicates=30,
+    n_exact_duplicates=6,
+    n_seed_classes=3,
+    n_seed_per_class=5,
+    n_eval=20,
+    n_eval_copies_in_pool=10,
+)
+
+
+@dataclass(frozen=True)
+class TimedWeb:
+    web: SynthWeb
+    seconds: float
+
+
+@pytest.fixture(scope="session")
+def small_web(tmp_path_factory: pytest.TempPathFactory) -> SynthWeb:
+    return generate_synthetic_web(tmp_path_factory.mktemp("synth") / "small", SMALL_CONFIG)
+
+
+@pytest.fixture(scope="session")
+def default_web(tmp_path_factory: pytest.TempPathFactory) -> TimedWeb:
+    out: Path = tmp_path_factory.mktemp("synth") / "default"
+    started = time.perf_counter()
+    web = generate_synthetic_web(out, SynthConfig(seed=0), progress=False)
+    return TimedWeb(web, time.perf_counter() - started)
