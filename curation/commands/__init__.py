@@ -1,0 +1,7 @@
+"""One module per ``lvd`` subcommand; each exposes ``register(subparsers)`` and a thin handler.
+
+To add a subcommand, add its module here and its name to :data:`COMMANDS` (only commands that work
+are listed, so ``lvd --help`` never advertises a stub).
+"""
+
+COMMANDS = ["demo", "synth", "decode"]

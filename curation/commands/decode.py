@@ -1,0 +1,34 @@
+"""``lvd decode``: decode and validate images, one status per row."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from curation.commands.common import add_job_arguments, load_job_config
+
+
+def register(sub) -> None:
+    parser = sub.add_parser("decode", help="decode and validate images (status per row)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--input", type=Path, help="folder of ENCODED_IMAGE parquet shards")
+    source.add_argument("--images", type=Path, help="folder of image files to pack first")
+    add_job_arguments(parser)
+    parser.set_defaults(func=run)
+
+
+def run(ns: argparse.Namespace) -> int:
+    from curation.pipeline import build_engine, pack_folder, run_decode
+
+    cfg = load_job_config(ns)
+    if ns.images:
+        inputs = pack_folder(cfg, ns.images)
+    else:
+        inputs = sorted(Path(ns.input).glob("*.parquet"))
+        if not inputs:
+            raise FileNotFoundError(f"no .parquet shards in {ns.input}")
+    with build_engine(cfg.engine) as engine:
+        stats = run_decode(cfg, engine, inputs)
+    print(json.dumps(stats, indent=2))
+    return 0
