@@ -109,7 +109,10 @@ def from_dict(cls: type[T], data: dict[str, Any], *, where: str = "") -> T:
         name: _coerce(value, types_by_name[name], f"{where}.{name}" if where else name)
         for name, value in data.items()
     }
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as exc:  # a dataclass's own __post_init__ checks
+        raise ConfigError(f"{where or cls.__name__}: {exc}") from exc
 
 
 def to_dict(config: Any) -> dict[str, Any]:

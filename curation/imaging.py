@@ -76,6 +76,9 @@ def decode_rgb(data: bytes | None, max_pixels: int = DEFAULT_MAX_PIXELS) -> Imag
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageRejected(STATUS_TOO_LARGE, f"decompression bomb: {exc}") from exc
     except UnidentifiedImageError as exc:
-        raise ImageRejected(STATUS_DECODE_ERROR, f"not a recognised image format: {exc}") from exc
+        # Pillow's message embeds an object address; name the leading bytes instead (deterministic).
+        raise ImageRejected(
+            STATUS_DECODE_ERROR, f"not a recognised image format (starts with {data[:12]!r})"
+        ) from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageRejected(STATUS_DECODE_ERROR, f"{type(exc).__name__}: {exc}") from exc

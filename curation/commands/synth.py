@@ -8,7 +8,9 @@ from curation.synth.cli import add_synth_arguments, run_synth, synth_config_from
 
 
 def register(sub) -> None:
-    parser = sub.add_parser("synth", help="generate a deterministic synthetic web with ground truth")
+    parser = sub.add_parser(
+        "synth", help="generate a deterministic synthetic web with ground truth"
+    )
     add_synth_arguments(parser)
     parser.set_defaults(func=run)
 

@@ -129,6 +129,9 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True  # a hung client never blocks shutdown
     allow_reuse_address = True
+    request_queue_size = (
+        128  # the default backlog of 5 makes concurrent clients wait for SYN retries
+    )
 
     def __init__(self, address: tuple[str, int], owner: SynthWebServer) -> None:
         self.owner = owner

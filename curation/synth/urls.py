@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from curation.synth.web import STREAM_URLS, SynthWeb, stream_rng
+from curation.synth.layout import STREAM_URLS, SynthWeb, stream_rng
 from schemas import URL_LIST_SCHEMA, validate
 
 SYNTH_URL_LIST_SCHEMA = URL_LIST_SCHEMA.append(

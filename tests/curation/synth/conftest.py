@@ -1,4 +1,6 @@
-"""Shared synthetic webs: one small (fast checks) and one at the default size (timing, statistics)."""
+"""Synthetic webs for these tests: a small one that plants every kind of copy (fast checks) and one
+at the default size (timing, statistics). Separate from the suite-wide ``small_web``, whose config
+other packages tune for their own needs."""
 
 from __future__ import annotations
 
@@ -10,7 +12,6 @@ import pytest
 
 from curation.synth import SynthConfig, SynthWeb, generate_synthetic_web
 
-# Mirrored in test_synth_web.py (test modules cannot import each other without packages).
 SMALL_CONFIG = SynthConfig(
     seed=7,
     n_pool=120,
@@ -31,7 +32,7 @@ class TimedWeb:
 
 
 @pytest.fixture(scope="session")
-def small_web(tmp_path_factory: pytest.TempPathFactory) -> SynthWeb:
+def small_synth_web(tmp_path_factory: pytest.TempPathFactory) -> SynthWeb:
     return generate_synthetic_web(tmp_path_factory.mktemp("synth") / "small", SMALL_CONFIG)
 
 

@@ -20,32 +20,34 @@ EXPECTED = {
 
 
 @pytest.fixture(scope="module")
-def bad(small_web: SynthWeb) -> dict[str, dict]:
-    return {row["key"]: row for row in small_web.read("bad").to_pylist()}
+def bad(small_synth_web: SynthWeb) -> dict[str, dict]:
+    return {row["key"]: row for row in small_synth_web.read("bad").to_pylist()}
 
 
 def path_of(web: SynthWeb, row: dict):
     return web.root / row["file"]
 
 
-def test_bad_table(small_web: SynthWeb, bad: dict[str, dict]) -> None:
+def test_bad_table(small_synth_web: SynthWeb, bad: dict[str, dict]) -> None:
     assert {k: r["expected"] for k, r in bad.items()} == EXPECTED
     for row in bad.values():
-        assert path_of(small_web, row).exists()
+        assert path_of(small_synth_web, row).exists()
         assert row["file"].startswith("images/bad/")
         assert row["note"]
 
 
-def test_truncated_jpeg_fails_on_load(small_web: SynthWeb, bad: dict[str, dict]) -> None:
-    with Image.open(path_of(small_web, bad["bad-truncated"])) as img:
+def test_truncated_jpeg_fails_on_load(small_synth_web: SynthWeb, bad: dict[str, dict]) -> None:
+    with Image.open(path_of(small_synth_web, bad["bad-truncated"])) as img:
         assert img.format == "JPEG"  # the header is fine ...
         with pytest.raises(OSError, match="truncated"):
             img.load()  # ... the pixels are not
 
 
 @pytest.mark.parametrize("key", ["bad-empty", "bad-html"])
-def test_empty_and_html_are_not_images(small_web: SynthWeb, bad: dict[str, dict], key: str) -> None:
-    path = path_of(small_web, bad[key])
+def test_empty_and_html_are_not_images(
+    small_synth_web: SynthWeb, bad: dict[str, dict], key: str
+) -> None:
+    path = path_of(small_synth_web, bad[key])
     assert path.suffix == ".jpg"
     with pytest.raises(UnidentifiedImageError):
         Image.open(path)
@@ -56,9 +58,9 @@ def test_empty_and_html_are_not_images(small_web: SynthWeb, bad: dict[str, dict]
 
 
 def test_huge_png_trips_the_pixel_limit_without_allocating(
-    small_web: SynthWeb, bad: dict[str, dict], monkeypatch: pytest.MonkeyPatch
+    small_synth_web: SynthWeb, bad: dict[str, dict], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    path = path_of(small_web, bad["bad-huge"])
+    path = path_of(small_synth_web, bad["bad-huge"])
     assert path.stat().st_size < 4096
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # Pillow's default limit refuses it at open time (pixels > 2 x MAX_IMAGE_PIXELS) ...
@@ -80,10 +82,10 @@ def test_huge_png_trips_the_pixel_limit_without_allocating(
     "key, mode", [("bad-cmyk", "CMYK"), ("bad-gray16", "I;16"), ("bad-gif", "P")]
 )
 def test_unusual_modes_convert_to_rgb(
-    small_web: SynthWeb, bad: dict[str, dict], key: str, mode: str
+    small_synth_web: SynthWeb, bad: dict[str, dict], key: str, mode: str
 ) -> None:
     row = bad[key]
-    with Image.open(path_of(small_web, row)) as img:
+    with Image.open(path_of(small_synth_web, row)) as img:
         assert img.mode == mode
         if key == "bad-gif":
             assert getattr(img, "n_frames", 1) == 2
@@ -92,9 +94,9 @@ def test_unusual_modes_convert_to_rgb(
     assert rgb.size == (row["width"], row["height"])
 
 
-def test_exif_rotated_jpeg_swaps_sides(small_web: SynthWeb, bad: dict[str, dict]) -> None:
+def test_exif_rotated_jpeg_swaps_sides(small_synth_web: SynthWeb, bad: dict[str, dict]) -> None:
     row = bad["bad-exif-rotated"]
-    with Image.open(path_of(small_web, row)) as img:
+    with Image.open(path_of(small_synth_web, row)) as img:
         assert img.getexif().get(0x0112) == 6
         stored = img.size
         upright = ImageOps.exif_transpose(img)

@@ -22,9 +22,9 @@ def test_defaults_match_config() -> None:
 
 
 def test_overrides() -> None:
-    ns = parse(["--out", "x", "--seed", "3", "--n-pool", "50", "--n-eval-copies-in-pool", "2"])
+    ns = parse(["--out", "x", "--seed", "3", "--n-pool", "50", "--n-near-duplicates", "7"])
     cfg = synth_config_from_args(ns)
-    assert (cfg.seed, cfg.n_pool, cfg.n_eval_copies_in_pool) == (3, 50, 2)
+    assert (cfg.seed, cfg.n_pool, cfg.n_near_duplicates) == (3, 50, 7)
 
 
 def test_run_synth_and_main(tmp_path: Path) -> None:

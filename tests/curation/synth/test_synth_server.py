@@ -33,8 +33,8 @@ def raw_status(server: SynthWebServer, path: str) -> int:
 
 
 @pytest.fixture()
-def server(small_web: SynthWeb):
-    with SynthWebServer(small_web.root, slow_seconds=0.6) as srv:
+def server(small_synth_web: SynthWeb):
+    with SynthWebServer(small_synth_web.root, slow_seconds=0.6) as srv:
         yield srv
 
 
@@ -42,14 +42,14 @@ def first_pool_file(web: SynthWeb) -> str:
     return web.read("pool").column("file")[0].as_py()
 
 
-def test_serves_bytes_identical_to_disk(server: SynthWebServer, small_web: SynthWeb) -> None:
-    rows = small_web.read("pool").to_pylist()[:5] + small_web.read("bad").to_pylist()
+def test_serves_bytes_identical_to_disk(server: SynthWebServer, small_synth_web: SynthWeb) -> None:
+    rows = small_synth_web.read("pool").to_pylist()[:5] + small_synth_web.read("bad").to_pylist()
     for row in rows:
         if row["file"].endswith("empty.jpg"):
             continue
         status, body, _ = fetch(server.url_for(row["file"]))
         assert status == 200
-        assert body == (small_web.root / row["file"]).read_bytes()
+        assert body == (small_synth_web.root / row["file"]).read_bytes()
     status, body, _ = fetch(server.url_for("images/bad/empty.jpg"))
     assert (status, body) == (200, b"")
 
@@ -91,20 +91,20 @@ def test_traversal_is_refused(server: SynthWebServer, path: str) -> None:
     assert raw_status(server, path) in (400, 404)
 
 
-def test_flaky_fails_once_per_path(server: SynthWebServer, small_web: SynthWeb) -> None:
-    relative = first_pool_file(small_web)
+def test_flaky_fails_once_per_path(server: SynthWebServer, small_synth_web: SynthWeb) -> None:
+    relative = first_pool_file(small_synth_web)
     url = server.url_for(relative, route="flaky")
     assert fetch(url)[0] == 503
     status, body, _ = fetch(url)
-    assert status == 200 and body == (small_web.root / relative).read_bytes()
+    assert status == 200 and body == (small_synth_web.root / relative).read_bytes()
     assert fetch(url)[0] == 200
     other = server.url_for("images/bad/cmyk.jpg", route="flaky")
     assert fetch(other)[0] == 503  # each path fails once on its own
     assert server.request_counts["/flaky/" + relative] == 3
 
 
-def test_slow_really_delays(server: SynthWebServer, small_web: SynthWeb) -> None:
-    url = server.url_for(first_pool_file(small_web), route="slow")
+def test_slow_really_delays(server: SynthWebServer, small_synth_web: SynthWeb) -> None:
+    url = server.url_for(first_pool_file(small_synth_web), route="slow")
     started = time.perf_counter()
     assert fetch(url)[0] == 200
     assert time.perf_counter() - started >= 0.55
@@ -112,28 +112,28 @@ def test_slow_really_delays(server: SynthWebServer, small_web: SynthWeb) -> None
         fetch(url, timeout=0.2)
 
 
-def test_redirect(server: SynthWebServer, small_web: SynthWeb) -> None:
-    relative = first_pool_file(small_web)
+def test_redirect(server: SynthWebServer, small_synth_web: SynthWeb) -> None:
+    relative = first_pool_file(small_synth_web)
     conn = http.client.HTTPConnection(server.host, server.port, timeout=5)
     conn.request("GET", "/redirect/" + relative)
     response = conn.getresponse()
     assert response.status == 302 and response.getheader("Location") == "/" + relative
     conn.close()
     status, body, _ = fetch(server.url_for(relative, route="redirect"))  # urllib follows it
-    assert status == 200 and body == (small_web.root / relative).read_bytes()
+    assert status == 200 and body == (small_synth_web.root / relative).read_bytes()
 
 
-def test_set_down_makes_everything_503(server: SynthWebServer, small_web: SynthWeb) -> None:
-    url = server.url_for(first_pool_file(small_web))
+def test_set_down_makes_everything_503(server: SynthWebServer, small_synth_web: SynthWeb) -> None:
+    url = server.url_for(first_pool_file(small_synth_web))
     server.set_down(True)
     assert fetch(url)[0] == 503
     server.set_down(False)
     assert fetch(url)[0] == 200
 
 
-def test_concurrent_requests_overlap(small_web: SynthWeb) -> None:
-    files = small_web.read("pool").column("file").to_pylist()[:8]
-    with SynthWebServer(small_web.root, slow_seconds=0.5) as srv:
+def test_concurrent_requests_overlap(small_synth_web: SynthWeb) -> None:
+    files = small_synth_web.read("pool").column("file").to_pylist()[:8]
+    with SynthWebServer(small_synth_web.root, slow_seconds=0.5) as srv:
         urls = [srv.url_for(f, route="slow") for f in files]
         started = time.perf_counter()
         with ThreadPoolExecutor(max_workers=8) as pool:
@@ -145,11 +145,13 @@ def test_concurrent_requests_overlap(small_web: SynthWeb) -> None:
     assert sum(counts.values()) == 8
 
 
-def test_shutdown_is_clean_and_port_then_refuses(small_web: SynthWeb) -> None:
-    srv = SynthWebServer(small_web.root, slow_seconds=30).start()
+def test_shutdown_is_clean_and_port_then_refuses(small_synth_web: SynthWeb) -> None:
+    srv = SynthWebServer(small_synth_web.root, slow_seconds=30).start()
     port = srv.port
     with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = pool.submit(fetch, srv.url_for(first_pool_file(small_web), route="slow"), 10)
+        pending = pool.submit(
+            fetch, srv.url_for(first_pool_file(small_synth_web), route="slow"), 10
+        )
         time.sleep(0.2)
         started = time.perf_counter()
         srv.shutdown()  # wakes the slow request instead of waiting 30 s

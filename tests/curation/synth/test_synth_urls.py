@@ -34,9 +34,9 @@ def outcome(url: str, timeout: float) -> str:
         return "timeout"
 
 
-def test_url_list_composition(small_web: SynthWeb, tmp_path: Path) -> None:
+def test_url_list_composition(small_synth_web: SynthWeb, tmp_path: Path) -> None:
     table = write_url_list(
-        small_web, "http://127.0.0.1:9", tmp_path / "urls.parquet", refused_port=1, flaky=True
+        small_synth_web, "http://127.0.0.1:9", tmp_path / "urls.parquet", refused_port=1, flaky=True
     )
     assert table.schema.equals(SYNTH_URL_LIST_SCHEMA)
     validate(table, URL_LIST_SCHEMA, allow_extra=True)
@@ -44,8 +44,8 @@ def test_url_list_composition(small_web: SynthWeb, tmp_path: Path) -> None:
     assert written.equals(table)
     rows = table.to_pylist()
     expected = Counter(r["expected"] for r in rows)
-    n_bad = small_web.read("bad").num_rows
-    n_pool = small_web.config.n_served_pool
+    n_bad = small_synth_web.read("bad").num_rows
+    n_pool = small_synth_web.config.n_served_pool
     assert len(rows) == n_pool + n_bad + N_MISSING + N_REFUSED
     assert expected["slow"] == 1 and expected["flaky"] == N_FLAKY
     assert expected["ok"] == n_pool - 1 - N_FLAKY
@@ -54,50 +54,50 @@ def test_url_list_composition(small_web: SynthWeb, tmp_path: Path) -> None:
     assert all(
         r["url"].startswith("http://127.0.0.1:1/") for r in rows if r["expected"] == "refused"
     )
-    pool_keys = set(small_web.read("pool").column("key").to_pylist())
+    pool_keys = set(small_synth_web.read("pool").column("key").to_pylist())
     assert pool_keys <= {r["expected_key"] for r in rows}
     assert all(r["caption"] for r in rows)
     # Shuffled: the first rows are not simply the pool in key order.
     assert [r["expected_key"] for r in rows[:20]] != sorted(pool_keys)[:20]
 
 
-def test_url_list_order_is_deterministic(small_web: SynthWeb, tmp_path: Path) -> None:
-    a = write_url_list(small_web, "http://h", tmp_path / "a.parquet", refused_port=5)
-    b = write_url_list(small_web, "http://h", tmp_path / "b.parquet", refused_port=5)
+def test_url_list_order_is_deterministic(small_synth_web: SynthWeb, tmp_path: Path) -> None:
+    a = write_url_list(small_synth_web, "http://h", tmp_path / "a.parquet", refused_port=5)
+    b = write_url_list(small_synth_web, "http://h", tmp_path / "b.parquet", refused_port=5)
     assert a.equals(b)
     assert (tmp_path / "a.parquet").read_bytes() == (tmp_path / "b.parquet").read_bytes()
 
 
-def test_optional_parts(small_web: SynthWeb, tmp_path: Path) -> None:
+def test_optional_parts(small_synth_web: SynthWeb, tmp_path: Path) -> None:
     table = write_url_list(
-        small_web, "http://h", tmp_path / "u.parquet", include_bad=False, slow=False
+        small_synth_web, "http://h", tmp_path / "u.parquet", include_bad=False, slow=False
     )
     expected = set(table.column("expected").to_pylist())
     assert expected == {"ok", "not_found", "refused"}
 
 
-def test_csv_and_jsonl(small_web: SynthWeb, tmp_path: Path) -> None:
-    table = write_url_list(small_web, "http://h", tmp_path / "u.csv", refused_port=5)
+def test_csv_and_jsonl(small_synth_web: SynthWeb, tmp_path: Path) -> None:
+    table = write_url_list(small_synth_web, "http://h", tmp_path / "u.csv", refused_port=5)
     assert (
         pacsv.read_csv(tmp_path / "u.csv").column("url").to_pylist()
         == table.column("url").to_pylist()
     )
-    write_url_list(small_web, "http://h", tmp_path / "u.jsonl", refused_port=5)
+    write_url_list(small_synth_web, "http://h", tmp_path / "u.jsonl", refused_port=5)
     lines = (tmp_path / "u.jsonl").read_text().splitlines()
     assert [json.loads(line) for line in lines] == table.to_pylist()
     with pytest.raises(ValueError, match="must end in"):
-        write_url_list(small_web, "http://h", tmp_path / "u.txt")
+        write_url_list(small_synth_web, "http://h", tmp_path / "u.txt")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["u.csv", "u.jsonl"]
 
 
-def test_every_url_behaves_as_expected(small_web: SynthWeb, tmp_path: Path) -> None:
-    with SynthWebServer(small_web.root, slow_seconds=1.0) as srv:
-        table = write_url_list(small_web, srv.base_url, tmp_path / "urls.parquet", flaky=True)
+def test_every_url_behaves_as_expected(small_synth_web: SynthWeb, tmp_path: Path) -> None:
+    with SynthWebServer(small_synth_web.root, slow_seconds=1.5) as srv:
+        table = write_url_list(small_synth_web, srv.base_url, tmp_path / "urls.parquet", flaky=True)
         rows = table.to_pylist()
         with ThreadPoolExecutor(max_workers=8) as pool:
-            seen = list(pool.map(lambda r: outcome(r["url"], timeout=0.5), rows))
+            seen = list(pool.map(lambda r: outcome(r["url"], timeout=0.75), rows))
         retried = {r["url"]: outcome(r["url"], timeout=5) for r in rows if r["expected"] == "flaky"}
-    bad_expectations = set(small_web.read("bad").column("expected").to_pylist())
+    bad_expectations = set(small_synth_web.read("bad").column("expected").to_pylist())
     for row, got in zip(rows, seen):
         want = {"slow": "timeout", "flaky": "unavailable"}.get(row["expected"], row["expected"])
         if row["expected"] in bad_expectations:

@@ -12,20 +12,8 @@ import pytest
 from PIL import Image
 
 from curation.synth import SynthConfig, SynthWeb, generate_synthetic_web
+from curation.synth.layout import CONFIG_NAME, SUCCESS_NAME
 from curation.synth.transforms import NEAR_DUPLICATE_TRANSFORMS, NEAR_EXACT_TRANSFORMS
-from curation.synth.web import CONFIG_NAME, SUCCESS_NAME
-
-SMALL_CONFIG = SynthConfig(
-    seed=7,
-    n_pool=120,
-    n_classes=10,
-    n_near_duplicates=30,
-    n_exact_duplicates=6,
-    n_seed_classes=3,
-    n_seed_per_class=5,
-    n_eval=20,
-    n_eval_copies_in_pool=10,
-)
 
 
 def tree_digest(root: Path) -> dict[str, str]:
@@ -59,18 +47,18 @@ def rms_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 # --- determinism --------------------------------------------------------------------------------
 
 
-def test_same_seed_gives_byte_identical_tree(small_web: SynthWeb, tmp_path: Path) -> None:
-    again = generate_synthetic_web(tmp_path / "again", SMALL_CONFIG, progress=False)
-    first, second = tree_digest(small_web.root), tree_digest(again.root)
-    assert len(first) > SMALL_CONFIG.n_served_pool
+def test_same_seed_gives_byte_identical_tree(small_synth_web: SynthWeb, tmp_path: Path) -> None:
+    again = generate_synthetic_web(tmp_path / "again", small_synth_web.config, progress=False)
+    first, second = tree_digest(small_synth_web.root), tree_digest(again.root)
+    assert len(first) > small_synth_web.config.n_served_pool
     assert "ground_truth/pool.parquet" in first
     assert first == second
 
 
-def test_different_seed_differs(small_web: SynthWeb, tmp_path: Path) -> None:
-    other_cfg = dataclasses.replace(SMALL_CONFIG, seed=SMALL_CONFIG.seed + 1)
+def test_different_seed_differs(small_synth_web: SynthWeb, tmp_path: Path) -> None:
+    other_cfg = dataclasses.replace(small_synth_web.config, seed=small_synth_web.config.seed + 1)
     other = generate_synthetic_web(tmp_path / "other", other_cfg, progress=False)
-    first, second = tree_digest(small_web.root), tree_digest(other.root)
+    first, second = tree_digest(small_synth_web.root), tree_digest(other.root)
     assert first.keys() == second.keys()  # same layout ...
     differing = [name for name in first if first[name] != second[name]]
     pool_files = [n for n in first if n.startswith("images/pool/")]
@@ -81,10 +69,10 @@ def test_different_seed_differs(small_web: SynthWeb, tmp_path: Path) -> None:
 # --- layout and ground truth --------------------------------------------------------------------
 
 
-def test_layout_and_counts(small_web: SynthWeb) -> None:
-    cfg = small_web.config
-    pool = small_web.read("pool")
-    assert pool.num_rows == cfg.n_served_pool == len(list(small_web.pool_dir.glob("*.jpg")))
+def test_layout_and_counts(small_synth_web: SynthWeb) -> None:
+    cfg = small_synth_web.config
+    pool = small_synth_web.read("pool")
+    assert pool.num_rows == cfg.n_served_pool == len(list(small_synth_web.pool_dir.glob("*.jpg")))
     kinds = Counter(pool.column("kind").to_pylist())
     assert kinds == {
         "original": cfg.n_pool,
@@ -92,19 +80,19 @@ def test_layout_and_counts(small_web: SynthWeb) -> None:
         "exact_duplicate": cfg.n_exact_duplicates,
         "eval_copy": cfg.n_eval_copies_in_pool,
     }
-    assert small_web.read("seed").num_rows == cfg.n_seed_classes * cfg.n_seed_per_class
-    assert small_web.read("eval").num_rows == cfg.n_eval
-    assert json.loads((small_web.root / CONFIG_NAME).read_text())["config"] == cfg.to_dict()
-    assert (small_web.root / SUCCESS_NAME).exists()
+    assert small_synth_web.read("seed").num_rows == cfg.n_seed_classes * cfg.n_seed_per_class
+    assert small_synth_web.read("eval").num_rows == cfg.n_eval
+    assert json.loads((small_synth_web.root / CONFIG_NAME).read_text())["config"] == cfg.to_dict()
+    assert (small_synth_web.root / SUCCESS_NAME).exists()
     # No temp directories left beside the web.
-    assert [p.name for p in small_web.root.parent.iterdir()] == [small_web.root.name]
+    assert [p.name for p in small_synth_web.root.parent.iterdir()] == [small_synth_web.root.name]
 
 
-def test_pool_ground_truth_is_consistent(small_web: SynthWeb) -> None:
-    cfg = small_web.config
-    rows = small_web.read("pool").to_pylist()
+def test_pool_ground_truth_is_consistent(small_synth_web: SynthWeb) -> None:
+    cfg = small_synth_web.config
+    rows = small_synth_web.read("pool").to_pylist()
     by_key = {row["key"]: row for row in rows}
-    eval_keys = set(small_web.read("eval").column("key").to_pylist())
+    eval_keys = set(small_synth_web.read("eval").column("key").to_pylist())
     assert len(by_key) == len(rows)
 
     originals = [r for r in rows if r["kind"] == "original"]
@@ -113,7 +101,7 @@ def test_pool_ground_truth_is_consistent(small_web: SynthWeb) -> None:
     assert max(class_counts.values()) - min(class_counts.values()) <= 1
 
     for row in rows:
-        path = small_web.root / row["file"]
+        path = small_synth_web.root / row["file"]
         data = path.read_bytes()
         assert hashlib.sha256(data).hexdigest() == row["sha256"]
         with Image.open(path) as img:
@@ -140,8 +128,8 @@ def test_pool_ground_truth_is_consistent(small_web: SynthWeb) -> None:
     assert exact_eval >= 1  # eval copies include byte copies of eval files, not in the pool twice
 
 
-def test_pool_is_shuffled(small_web: SynthWeb) -> None:
-    rows = small_web.read("pool").to_pylist()
+def test_pool_is_shuffled(small_synth_web: SynthWeb) -> None:
+    rows = small_synth_web.read("pool").to_pylist()
     position = {r["key"]: i for i, r in enumerate(rows)}
     copies = [r for r in rows if r["kind"] in ("near_duplicate", "exact_duplicate")]
     gaps = [abs(position[r["key"]] - position[r["source_key"]]) for r in copies]
@@ -150,10 +138,10 @@ def test_pool_is_shuffled(small_web: SynthWeb) -> None:
     assert "near_duplicate" in kinds_head  # copies are not all appended at the end
 
 
-def test_eval_copies_point_at_eval_images(small_web: SynthWeb) -> None:
-    cfg = small_web.config
-    eval_rows = small_web.read("eval").to_pylist()
-    copies = [r for r in small_web.read("pool").to_pylist() if r["kind"] == "eval_copy"]
+def test_eval_copies_point_at_eval_images(small_synth_web: SynthWeb) -> None:
+    cfg = small_synth_web.config
+    eval_rows = small_synth_web.read("eval").to_pylist()
+    copies = [r for r in small_synth_web.read("pool").to_pylist() if r["kind"] == "eval_copy"]
     copied = {r["key"] for r in eval_rows if r["copied_into_pool"]}
     assert len(copied) == cfg.n_eval_copies_in_pool
     assert {r["source_key"] for r in copies} == copied
@@ -165,20 +153,20 @@ def test_eval_copies_point_at_eval_images(small_web: SynthWeb) -> None:
             assert copy["sha256"] == source["sha256"]
 
 
-def test_seed_set_is_not_drawn_from_the_pool(small_web: SynthWeb) -> None:
-    cfg = small_web.config
-    seed = small_web.read("seed").to_pylist()
-    pool = small_web.read("pool").to_pylist()
+def test_seed_set_is_not_drawn_from_the_pool(small_synth_web: SynthWeb) -> None:
+    cfg = small_synth_web.config
+    seed = small_synth_web.read("seed").to_pylist()
+    pool = small_synth_web.read("pool").to_pylist()
     assert len({r["class_id"] for r in seed}) == cfg.n_seed_classes
     assert Counter(r["class_id"] for r in seed) == {
         c: cfg.n_seed_per_class for c in {r["class_id"] for r in seed}
     }
     assert not {r["key"] for r in seed} & {r["key"] for r in pool}
-    pool_pixels = {pixel_hash(small_web.root / r["file"]) for r in pool}
-    seed_pixels = {pixel_hash(small_web.root / r["file"]) for r in seed}
+    pool_pixels = {pixel_hash(small_synth_web.root / r["file"]) for r in pool}
+    seed_pixels = {pixel_hash(small_synth_web.root / r["file"]) for r in seed}
     assert not pool_pixels & seed_pixels
     assert not {r["sha256"] for r in seed} & {r["sha256"] for r in pool}
-    classes = small_web.read("classes").to_pylist()
+    classes = small_synth_web.read("classes").to_pylist()
     assert {c["class_id"] for c in classes if c["in_seed"]} == {r["class_id"] for r in seed}
 
 
@@ -211,16 +199,18 @@ def test_copies_are_near_and_distinct_images_are_far(default_web) -> None:
 # --- reuse, replacement and validation ----------------------------------------------------------
 
 
-def test_complete_web_is_reused_not_regenerated(small_web: SynthWeb) -> None:
-    marker = small_web.root / "images" / "pool" / "pool-000000.jpg"
+def test_complete_web_is_reused_not_regenerated(small_synth_web: SynthWeb) -> None:
+    marker = small_synth_web.root / "images" / "pool" / "pool-000000.jpg"
     before = marker.stat().st_mtime_ns
-    again = generate_synthetic_web(small_web.root, SMALL_CONFIG)
-    assert again == small_web
+    again = generate_synthetic_web(small_synth_web.root, small_synth_web.config)
+    assert again == small_synth_web
     assert marker.stat().st_mtime_ns == before
 
 
-def test_web_with_other_config_is_replaced(tmp_path: Path) -> None:
-    cfg = dataclasses.replace(SMALL_CONFIG, n_pool=30, n_near_duplicates=5, n_exact_duplicates=2)
+def test_web_with_other_config_is_replaced(small_synth_web: SynthWeb, tmp_path: Path) -> None:
+    cfg = dataclasses.replace(
+        small_synth_web.config, n_pool=30, n_near_duplicates=5, n_exact_duplicates=2
+    )
     generate_synthetic_web(tmp_path / "web", cfg, progress=False)
     bigger = dataclasses.replace(cfg, n_pool=40)
     web = generate_synthetic_web(tmp_path / "web", bigger, progress=False)
@@ -229,14 +219,16 @@ def test_web_with_other_config_is_replaced(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["web"]
 
 
-def test_refuses_non_empty_foreign_directory(tmp_path: Path) -> None:
+def test_refuses_non_empty_foreign_directory(small_synth_web: SynthWeb, tmp_path: Path) -> None:
     (tmp_path / "precious.txt").write_text("keep me")
     with pytest.raises(FileExistsError, match="not empty"):
-        generate_synthetic_web(tmp_path, SMALL_CONFIG, progress=False)
+        generate_synthetic_web(tmp_path, small_synth_web.config, progress=False)
     assert (tmp_path / "precious.txt").read_text() == "keep me"
 
 
-def test_failed_generation_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failed_generation_leaves_nothing(
+    small_synth_web: SynthWeb, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import curation.synth.web as web_module
 
     def boom(*args, **kwargs):
@@ -244,7 +236,7 @@ def test_failed_generation_leaves_nothing(tmp_path: Path, monkeypatch: pytest.Mo
 
     monkeypatch.setattr(web_module, "write_bad_files", boom)
     with pytest.raises(RuntimeError, match="disk on fire"):
-        generate_synthetic_web(tmp_path / "web", SMALL_CONFIG, progress=False)
+        generate_synthetic_web(tmp_path / "web", small_synth_web.config, progress=False)
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(FileNotFoundError, match="no complete synthetic web"):
         SynthWeb.load(tmp_path / "web")
