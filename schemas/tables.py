@@ -82,6 +82,31 @@ IMAGE_RECORD_SCHEMA = _named(
 )
 
 
+# A 64-bit perceptual hash (sign bits of low-frequency DCT coefficients) per image.
+IMAGE_HASH_SCHEMA = _named(
+    "image_hash",
+    1,
+    [
+        pa.field("key", pa.string(), nullable=False),
+        pa.field("sha256", pa.string()),
+        pa.field("phash", pa.int64(), nullable=False),  # the 64 bits, as a two's-complement int64
+    ],
+)
+
+# Exact (sha256) or near-exact (perceptual hash) dedup: every image, kept or the key it duplicates.
+HASH_DEDUP_SCHEMA = _named(
+    "hash_dedup",
+    1,
+    [
+        pa.field("key", pa.string(), nullable=False),
+        pa.field("keep", pa.bool_(), nullable=False),
+        pa.field("duplicate_of", pa.string()),  # the kept key of its group; null when kept
+        pa.field("reason", pa.string(), nullable=False),  # kept | exact_duplicate | near_duplicate
+        pa.field("hamming_distance", pa.int32()),  # to duplicate_of (0 for exact); null when kept
+    ],
+)
+
+
 def embedding_schema(dim: int) -> pa.Schema:
     """Embeddings as fixed-size float32 lists: ``.flatten().to_numpy().reshape(n, dim)`` is zero-copy."""
     if dim <= 0:
@@ -187,6 +212,8 @@ ALL_SCHEMAS = {
         DOWNLOADED_SAMPLE_SCHEMA,
         ENCODED_IMAGE_SCHEMA,
         IMAGE_RECORD_SCHEMA,
+        IMAGE_HASH_SCHEMA,
+        HASH_DEDUP_SCHEMA,
         DEDUP_EDGE_SCHEMA,
         DEDUP_COMPONENT_SCHEMA,
         CLUSTER_ASSIGNMENT_SCHEMA,

@@ -1,0 +1,125 @@
+"""What ``lvd download`` can be told, and where a download keeps its files.
+
+Most fields are img2dataset's own options under the same names; the rest are what we add around it
+(network safety, host round-robin, retry of failed samples). :func:`resume_signature` names the
+fields a resume must not change (see :mod:`curation.download.plan`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from curation.imaging import DEFAULT_MAX_PIXELS
+
+# X-Robots-Tag directives that opt an image out of AI training or indexing (img2dataset's default).
+OPT_OUT_DIRECTIVES = ("noai", "noimageai", "noindex", "noimageindex")
+
+
+@dataclass(frozen=True)
+class DownloadConfig:
+    # Input: a URL list file (parquet, csv, tsv, jsonl; optionally .gz) or a folder of them.
+    url_list: str | None = None
+    url_col: str = "url"
+    caption_col: str | None = "caption"  # None, or absent from the list: no captions
+    keep_extra_columns: bool = True  # other columns travel with each sample (tar .json, raw parquet)
+    # Output, as img2dataset writes it.
+    output_format: str = "webdataset"  # webdataset | parquet
+    number_sample_per_shard: int = 10_000
+    # Image handling. The default keeps the served bytes untouched: nothing is decoded until
+    # ingest, which decodes with a pixel limit. Any resize or size filter makes img2dataset decode.
+    resize_mode: str = "no"  # no | keep_ratio | keep_ratio_largest | center_crop | border
+    image_size: int = 256  # used only when resize_mode is not "no"
+    resize_only_if_bigger: bool = False
+    skip_reencode: bool = True  # re-encode only if needed (format differs, alpha, resized)
+    encode_format: str = "jpg"  # jpg | png | webp
+    encode_quality: int = 95
+    min_image_size: int = 0
+    max_aspect_ratio: float | None = None
+    max_pixels: int = DEFAULT_MAX_PIXELS  # OpenCV's decode limit in download workers
+    verify_sha256_col: str | None = None  # a column of expected sha256 hex digests
+    # Fetching.
+    processes_count: int | None = None  # None: one per CPU (multiprocessing distributor)
+    thread_count: int = 64
+    timeout: int = 10
+    retries: int = 0
+    max_shard_retry: int = 1
+    user_agent_token: str | None = "lvd"
+    disallowed_header_directives: tuple[str, ...] = OPT_OUT_DIRECTIVES  # () honours none
+    # What img2dataset lacks.
+    host_round_robin: bool = True
+    allow_private_networks: bool = False
+    retry_statuses: tuple[str, ...] = ("failed_to_download",)
+
+
+def needs_decode(settings: DownloadConfig) -> bool:
+    """Whether img2dataset must decode images (else it stores the served bytes as they are)."""
+    return (
+        settings.resize_mode != "no"
+        or not settings.skip_reencode
+        or settings.min_image_size > 0
+        or settings.max_aspect_ratio is not None
+    )
+
+
+def resume_signature(settings: DownloadConfig) -> dict:
+    """The settings that shape the URL shards or the bytes stored; a resume must keep them all.
+
+    Left out on purpose: processes/threads, timeout, retries, the engine. They change how fast
+    samples come and which transient failures happen, not what a finished shard holds.
+    """
+    return {
+        "url_col": settings.url_col,
+        "caption_col": settings.caption_col,
+        "keep_extra_columns": settings.keep_extra_columns,
+        "number_sample_per_shard": settings.number_sample_per_shard,
+        "host_round_robin": settings.host_round_robin,
+        "allow_private_networks": settings.allow_private_networks,
+        "output_format": settings.output_format,
+        "resize_mode": settings.resize_mode,
+        "image_size": settings.image_size if settings.resize_mode != "no" else None,
+        "resize_only_if_bigger": settings.resize_only_if_bigger,
+        "skip_reencode": settings.skip_reencode,
+        "encode_format": settings.encode_format,
+        "encode_quality": settings.encode_quality,
+        "min_image_size": settings.min_image_size,
+        "max_aspect_ratio": settings.max_aspect_ratio,
+        "verify_sha256_col": settings.verify_sha256_col,
+        "user_agent_token": settings.user_agent_token,
+        "disallowed_header_directives": sorted(settings.disallowed_header_directives),
+    }
+
+
+class DownloadLayout:
+    """``runs/<name>/download/``::
+
+        _urls/            the URL plan: fetch/NNNNN.parquet (img2dataset's input), blocked.parquet
+        raw/              img2dataset's output as it writes it: NNNNN.tar, NNNNN.parquet,
+                          NNNNN_stats.json
+        samples/          DOWNLOADED_SAMPLE, one part per shard (every URL, with its status)
+        encoded/          ENCODED_IMAGE, one part per shard (downloaded images, by tar offset)
+        _shards/          per-shard conversion markers
+        retries/NNN/      one --retry-failed attempt (its own plan, raw output and merged tars)
+        stats.json, _SUCCESS
+    """
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.urls = self.root / "_urls"
+        self.raw = self.root / "raw"
+        self.samples = self.root / "samples"
+        self.encoded = self.root / "encoded"
+        self.markers = self.root / "_shards"
+        self.retries = self.root / "retries"
+
+    def part(self, directory: Path, shard_id: int) -> Path:
+        return directory / f"part-{shard_id:05d}.parquet"
+
+    def marker(self, shard_id: int) -> Path:
+        return self.markers / f"part-{shard_id:05d}.json"
+
+    def sample_parts(self) -> list[Path]:
+        return sorted(self.samples.glob("*.parquet"))
+
+    def encoded_parts(self) -> list[Path]:
+        return sorted(self.encoded.glob("part-*.parquet"))

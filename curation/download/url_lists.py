@@ -1,0 +1,134 @@
+"""Read URL lists: Parquet, CSV, TSV or JSON lines (each optionally gzipped), one file or a folder.
+
+The result has a ``url`` column (strings, never null), a ``caption`` column (strings or nulls) and,
+if asked, the list's other columns, renamed where img2dataset reserves their names.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.json as pajson
+import pyarrow.parquet as pq
+
+from schemas import SchemaError
+
+logger = logging.getLogger(__name__)
+
+FORMATS = ("parquet", "csv", "tsv", "jsonl", "json")
+# Column names img2dataset writes itself; user columns with these names are renamed "extra_<name>".
+RESERVED_COLUMNS = frozenset(
+    {
+        "key",
+        "caption",
+        "url",
+        "width",
+        "height",
+        "original_width",
+        "original_height",
+        "status",
+        "error_message",
+        "exif",
+        "md5",
+        "sha256",
+        "sha512",
+        "lvd_key",
+    }
+)
+
+
+def list_format(path: Path) -> str | None:
+    """``parquet``, ``csv``, ``tsv`` or ``jsonl`` from the suffix (``.gz`` allowed), else None."""
+    suffixes = [s.lower() for s in Path(path).suffixes]
+    if suffixes and suffixes[-1] == ".gz":
+        suffixes = suffixes[:-1]
+    if not suffixes or suffixes[-1].lstrip(".") not in FORMATS:
+        return None
+    fmt = suffixes[-1].lstrip(".")
+    return "jsonl" if fmt == "json" else fmt
+
+
+def url_list_files(path: Path) -> list[Path]:
+    """The URL list files at ``path``: the file itself, or the supported files of a folder."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and list_format(p))
+        if not files:
+            raise FileNotFoundError(f"no URL list files ({', '.join(FORMATS)}) in {path}")
+        return files
+    if not path.is_file():
+        raise FileNotFoundError(f"URL list {path} does not exist")
+    if list_format(path) is None:
+        raise SchemaError(f"URL list {path}: unsupported format; use one of {FORMATS} (or .gz)")
+    return [path]
+
+
+def fingerprint(files: list[Path]) -> list[dict]:
+    """Name, size and sha256 of each file: what a resume compares to know the list is unchanged."""
+    out = []
+    for file in files:
+        digest = hashlib.sha256()
+        with open(file, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+        out.append({"name": file.name, "size": file.stat().st_size, "sha256": digest.hexdigest()})
+    return out
+
+
+def _read_file(path: Path) -> pa.Table:
+    fmt = list_format(path)
+    if fmt == "parquet":
+        return pq.read_table(path)
+    with pa.input_stream(str(path), compression="detect") as stream:
+        if fmt == "csv":
+            return pacsv.read_csv(stream)
+        if fmt == "tsv":
+            return pacsv.read_csv(stream, parse_options=pacsv.ParseOptions(delimiter="\t"))
+        return pajson.read_json(stream)
+
+
+def _as_strings(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    return column if column.type == pa.string() else pc.cast(column, pa.string())
+
+
+def read_url_list(
+    path: Path,
+    *,
+    url_col: str = "url",
+    caption_col: str | None = "caption",
+    keep_extra_columns: bool = True,
+) -> pa.Table:
+    """Read and normalise the URL list at ``path`` (see the module docstring)."""
+    tables = []
+    for file in url_list_files(path):
+        try:
+            table = _read_file(file)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise SchemaError(f"URL list {file} could not be read: {exc}") from exc
+        if url_col not in table.column_names:
+            raise SchemaError(
+                f"URL list {file} has no {url_col!r} column (found {table.column_names}); "
+                "set download.url_col"
+            )
+        columns = {"url": pc.fill_null(_as_strings(table.column(url_col)), "")}
+        if caption_col and caption_col in table.column_names:
+            columns["caption"] = _as_strings(table.column(caption_col))
+        else:
+            columns["caption"] = pa.nulls(table.num_rows, pa.string())
+        if keep_extra_columns:
+            for name in table.column_names:
+                if name in (url_col, caption_col):
+                    continue
+                out_name = f"extra_{name}" if name in RESERVED_COLUMNS else name
+                if out_name != name:
+                    logger.warning("URL list column %r is reserved; kept as %r", name, out_name)
+                columns[out_name] = table.column(name)
+        tables.append(pa.table(columns))
+    table = pa.concat_tables(tables, promote_options="permissive")
+    logger.info("read %d URL(s) from %s", table.num_rows, path)
+    return table
