@@ -1,7 +1,8 @@
 """The stage contract (ARCHITECTURE.md, "Stages").
 
 A stage is a callable class over Arrow: class attributes declare its name, its input and output
-schemas and the resources one worker needs; ``__init__`` only stores config; ``setup()`` loads
+schemas, the resources one worker needs and its default batch size (an instance may override the
+schemas or the batch size from its config, e.g. an embedding dimension); ``__init__`` only stores config; ``setup()`` loads
 models or indexes once per worker; ``__call__`` maps one ``pa.Table`` batch to another. Row failures
 are data (``status`` / ``error_message`` columns), never exceptions. Stages never know which engine
 runs them.

@@ -32,6 +32,7 @@ class DecodeStage:
 
     def __init__(self, config: DecodeConfig | None = None):
         self.config = config or DecodeConfig()
+        self.batch_size = self.config.batch_size
 
     def setup(self) -> None:
         pass
