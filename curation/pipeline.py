@@ -13,6 +13,9 @@ from curation.runner import run_stage
 from curation.sources import list_image_files, write_encoded_shards
 from curation.stages.base import StageSpec
 from curation.stages.decode import DecodeConfig, DecodeStage
+from curation.stages.download import DownloadConfig
+from curation.stages.ingest import IngestConfig
+from curation.stages.embed import EmbedConfig
 from curation.synth import SynthConfig, generate_synthetic_web
 
 logger = logging.getLogger(__name__)
@@ -34,6 +37,9 @@ class CurationConfig:
     engine: EngineConfig = field(default_factory=EngineConfig)
     synth: SynthConfig = field(default_factory=SynthConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
+    embed: EmbedConfig = field(default_factory=EmbedConfig)
+    download: DownloadConfig = field(default_factory=DownloadConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
 
     @property
     def run_dir(self) -> RunDir:

@@ -22,7 +22,9 @@ class DownloadConfig:
     url_list: str | None = None
     url_col: str = "url"
     caption_col: str | None = "caption"  # None, or absent from the list: no captions
-    keep_extra_columns: bool = True  # other columns travel with each sample (tar .json, raw parquet)
+    keep_extra_columns: bool = (
+        True  # other columns travel with each sample (tar .json, raw parquet)
+    )
     # Output, as img2dataset writes it.
     output_format: str = "webdataset"  # webdataset | parquet
     number_sample_per_shard: int = 10_000
@@ -37,6 +39,7 @@ class DownloadConfig:
     min_image_size: int = 0
     max_aspect_ratio: float | None = None
     max_pixels: int = DEFAULT_MAX_PIXELS  # OpenCV's decode limit in download workers
+    max_response_bytes: int | None = 64 * 2**20  # larger bodies fail as response_too_large
     verify_sha256_col: str | None = None  # a column of expected sha256 hex digests
     # Fetching.
     processes_count: int | None = None  # None: one per CPU (multiprocessing distributor)
@@ -65,8 +68,9 @@ def needs_decode(settings: DownloadConfig) -> bool:
 def resume_signature(settings: DownloadConfig) -> dict:
     """The settings that shape the URL shards or the bytes stored; a resume must keep them all.
 
-    Left out on purpose: processes/threads, timeout, retries, the engine. They change how fast
-    samples come and which transient failures happen, not what a finished shard holds.
+    Left out on purpose: processes/threads, timeout, retries, max_response_bytes, retry_statuses,
+    the engine. They change how fast samples come and which transient failures happen, not what a
+    finished shard holds.
     """
     return {
         "url_col": settings.url_col,
@@ -93,14 +97,14 @@ def resume_signature(settings: DownloadConfig) -> dict:
 class DownloadLayout:
     """``runs/<name>/download/``::
 
-        _urls/            the URL plan: fetch/NNNNN.parquet (img2dataset's input), blocked.parquet
-        raw/              img2dataset's output as it writes it: NNNNN.tar, NNNNN.parquet,
-                          NNNNN_stats.json
-        samples/          DOWNLOADED_SAMPLE, one part per shard (every URL, with its status)
-        encoded/          ENCODED_IMAGE, one part per shard (downloaded images, by tar offset)
-        _shards/          per-shard conversion markers
-        retries/NNN/      one --retry-failed attempt (its own plan, raw output and merged tars)
-        stats.json, _SUCCESS
+    _urls/            the URL plan: fetch/NNNNN.parquet (img2dataset's input), blocked.parquet
+    raw/              img2dataset's output as it writes it: NNNNN.tar, NNNNN.parquet,
+                      NNNNN_stats.json
+    samples/          DOWNLOADED_SAMPLE, one part per shard (every URL, with its status)
+    encoded/          ENCODED_IMAGE, one part per shard (downloaded images, by tar offset)
+    _shards/          per-shard conversion markers
+    retries/NNN/      one --retry-failed attempt (its own plan, raw output and merged tars)
+    stats.json, _SUCCESS
     """
 
     def __init__(self, root: Path):
@@ -111,6 +115,7 @@ class DownloadLayout:
         self.encoded = self.root / "encoded"
         self.markers = self.root / "_shards"
         self.retries = self.root / "retries"
+        self.config = self.root / "config.yaml"  # the config the download ran with
 
     def part(self, directory: Path, shard_id: int) -> Path:
         return directory / f"part-{shard_id:05d}.parquet"

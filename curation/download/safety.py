@@ -96,7 +96,9 @@ def check_urls(
     download reports the DNS error, and the workers check again at connection time.
     """
     split = [_split(url) for url in urls]
-    hosts = sorted({s[1] for s in split if isinstance(s, tuple) and s[1]})
+    hosts = sorted(
+        {s[1] for s in split if isinstance(s, tuple) and s[1] and s[0] in ALLOWED_SCHEMES}
+    )
     resolved: dict[str, list[str]] = {}
     if hosts and not policy.allow_private_networks:
 

@@ -38,8 +38,14 @@ RESERVED_COLUMNS = frozenset(
         "sha256",
         "sha512",
         "lvd_key",
+        "lvd_part",
     }
 )
+
+
+def column_in_plan(name: str) -> str:
+    """The name a URL list column has after reading (reserved names get an ``extra_`` prefix)."""
+    return f"extra_{name}" if name in RESERVED_COLUMNS else name
 
 
 def list_format(path: Path) -> str | None:
@@ -124,7 +130,7 @@ def read_url_list(
             for name in table.column_names:
                 if name in (url_col, caption_col):
                     continue
-                out_name = f"extra_{name}" if name in RESERVED_COLUMNS else name
+                out_name = column_in_plan(name)
                 if out_name != name:
                     logger.warning("URL list column %r is reserved; kept as %r", name, out_name)
                 columns[out_name] = table.column(name)

@@ -1,0 +1,25 @@
+"""Helpers of the download stage (``curation/stages/download.py``), one concern per module:
+
+- ``config``: :class:`DownloadConfig` and the download folder layout;
+- ``url_lists``: reading URL lists (parquet, csv, tsv, jsonl, gzipped or not);
+- ``hosts``: host round-robin ordering;
+- ``safety`` / ``guard``: refusing private addresses and non-http(s) schemes, at plan time and in
+  the download workers at connection time;
+- ``plan``: the frozen URL plan (shards, keys, resume signature);
+- ``img2dataset_job`` / ``guarded_downloader``: running img2dataset on a plan;
+- ``shards``: img2dataset's raw shards to DOWNLOADED_SAMPLE and ENCODED_IMAGE parts;
+- ``retry``: ``--retry-failed``, merged back under the original keys;
+- ``blobs``: reading a stored image's bytes back;
+- ``names``: file and member names that cannot escape their folder.
+
+Resume: rerunning the same ``lvd download`` command resumes at shard level. It is refused (a
+``DownloadResumeError`` naming what changed) if the URL list's content or any setting that shapes
+the shards or the stored bytes changed: url_col, caption_col, keep_extra_columns,
+number_sample_per_shard, host_round_robin, allow_private_networks, output_format, resize_mode,
+image_size (when resizing), resize_only_if_bigger, skip_reencode, encode_format, encode_quality,
+min_image_size, max_aspect_ratio, verify_sha256_col, user_agent_token,
+disallowed_header_directives. Processes, threads, timeout, retries, max_shard_retry,
+max_response_bytes, retry_statuses and the engine may change between runs: they decide how fast
+samples come and which transient failures happen, not what a finished shard holds. (A finished
+shard is never redone by a resume; use ``--retry-failed`` for its failures.)
+"""

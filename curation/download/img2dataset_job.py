@@ -1,0 +1,174 @@
+"""Run img2dataset on a URL plan: our settings mapped onto its arguments, its workers guarded.
+
+img2dataset has no hook for address checks, so for the duration of the call
+:func:`run_img2dataset` has it build its ``Downloader`` as our
+:class:`~curation.download.guarded_downloader.GuardedDownloader` (a subclass that installs the
+connection guard in each worker) and its ``LoggerProcess`` as one that dies with the driver.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import logging
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+from curation.config import ConfigError
+from curation.download.config import DownloadConfig, needs_decode
+from curation.download.safety import NetworkPolicy
+from curation.download.url_lists import column_in_plan
+
+logger = logging.getLogger(__name__)
+
+# Engine name -> img2dataset distributor. Ray: the engine has already called ray.init().
+DISTRIBUTORS = {"local": "multiprocessing", "ray": "ray", "spark": "pyspark"}
+RESIZE_MODES = ("no", "keep_ratio", "keep_ratio_largest", "center_crop", "border")
+OUTPUT_FORMATS = ("webdataset", "parquet")
+SHARD_LOCK = ".shards.lock"
+
+
+def distributor_for(engine_name: str) -> str:
+    try:
+        return DISTRIBUTORS[engine_name]
+    except KeyError:
+        raise ConfigError(
+            f"no img2dataset distributor for engine {engine_name!r}; use one of {sorted(DISTRIBUTORS)}"
+        ) from None
+
+
+def _usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, which containers restrict)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0)) or 1
+    return os.cpu_count() or 1
+
+
+def img2dataset_arguments(settings: DownloadConfig, extra_columns: list[str]) -> dict:
+    """Keyword arguments of ``img2dataset.download`` for ``settings`` (input and output aside)."""
+    if settings.output_format not in OUTPUT_FORMATS:
+        raise ConfigError(f"download.output_format must be one of {OUTPUT_FORMATS}")
+    if settings.resize_mode not in RESIZE_MODES:
+        raise ConfigError(f"download.resize_mode must be one of {RESIZE_MODES}")
+    verify = column_in_plan(settings.verify_sha256_col) if settings.verify_sha256_col else None
+    if verify and verify not in extra_columns:
+        raise ConfigError(
+            f"download.verify_sha256_col {settings.verify_sha256_col!r} is not a column of the "
+            "URL list (or keep_extra_columns is false)"
+        )
+    # img2dataset reads the verification column itself; listing it twice would read it twice.
+    extra_columns = [c for c in extra_columns if c != verify]
+    arguments = {
+        "input_format": "parquet",
+        "url_col": "url",
+        "caption_col": "caption",
+        "save_additional_columns": list(extra_columns) or None,
+        "output_format": settings.output_format,
+        "number_sample_per_shard": settings.number_sample_per_shard,
+        "image_size": settings.image_size,
+        "resize_mode": settings.resize_mode,
+        "resize_only_if_bigger": settings.resize_only_if_bigger,
+        "skip_reencode": settings.skip_reencode,
+        "disable_all_reencoding": not needs_decode(settings),
+        "encode_format": settings.encode_format,
+        "encode_quality": settings.encode_quality,
+        "min_image_size": settings.min_image_size,
+        "max_aspect_ratio": settings.max_aspect_ratio or float("inf"),
+        "compute_hash": "sha256",
+        "verify_hash": [verify, "sha256"] if verify else None,
+        "processes_count": settings.processes_count or _usable_cpus(),
+        "thread_count": settings.thread_count,
+        "timeout": settings.timeout,
+        "retries": settings.retries,
+        "max_shard_retry": settings.max_shard_retry,
+        "user_agent_token": settings.user_agent_token,
+        # img2dataset reads an empty list as "honour none" and None as "its default list".
+        "disallowed_header_directives": list(settings.disallowed_header_directives),
+        "extract_exif": False,
+        "incremental_mode": "incremental",
+        "enable_wandb": False,
+    }
+    return arguments
+
+
+@contextlib.contextmanager
+def _environment(**values: str) -> Iterator[None]:
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@contextlib.contextmanager
+def _guarded_downloader(
+    main_module, policy: NetworkPolicy, max_response_bytes: int | None, shard_lock: Path | None
+):
+    from curation.download.guarded_downloader import GuardedDownloader, GuardedLoggerProcess
+
+    original = getattr(main_module, "Downloader", None)
+    if original is None or not issubclass(GuardedDownloader, original):
+        raise RuntimeError(
+            "this img2dataset version does not build its Downloader as expected "
+            "(img2dataset.main.Downloader); lvd is tested with img2dataset 1.47"
+        )
+
+    def build(**kwargs):
+        lock = str(shard_lock) if shard_lock else None
+        return GuardedDownloader(
+            policy=policy, max_response_bytes=max_response_bytes, shard_lock=lock, **kwargs
+        )
+
+    original_logger = main_module.LoggerProcess
+    main_module.Downloader = build
+    main_module.LoggerProcess = GuardedLoggerProcess
+    try:
+        yield
+    finally:
+        main_module.Downloader = original
+        main_module.LoggerProcess = original_logger
+
+
+def run_img2dataset(
+    url_dir: Path,
+    output_dir: Path,
+    settings: DownloadConfig,
+    *,
+    distributor: str,
+    extra_columns: list[str],
+) -> None:
+    """Download the URL shards in ``url_dir`` into ``output_dir`` (incremental: done shards stay)."""
+    # Albumentations (imported by img2dataset) phones home for updates unless told not to.
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    # img2dataset/__init__ rebinds the name "main" to a function: fetch the module itself.
+    img2dataset_main = importlib.import_module("img2dataset.main")
+
+    arguments = img2dataset_arguments(settings, extra_columns)
+    arguments["distributor"] = distributor
+    policy = NetworkPolicy(allow_private_networks=settings.allow_private_networks)
+    shard_lock = None
+    if distributor == "multiprocessing":  # workers on this machine: a file lock reaches them
+        from curation.download.guarded_downloader import wait_for_orphan_workers
+
+        shard_lock = Path(output_dir).parent / SHARD_LOCK
+        wait_for_orphan_workers(shard_lock)
+    previous_sigint = signal.getsignal(signal.SIGINT)
+    # Spawned workers inherit the environment: OpenCV reads its decode limit at import.
+    with (
+        _environment(OPENCV_IO_MAX_IMAGE_PIXELS=str(settings.max_pixels)),
+        _guarded_downloader(img2dataset_main, policy, settings.max_response_bytes, shard_lock),
+    ):
+        try:
+            img2dataset_main.download(
+                url_list=str(url_dir), output_folder=str(output_dir), **arguments
+            )
+        finally:
+            # img2dataset installs a SIGINT handler that exits the process; put ours back.
+            signal.signal(signal.SIGINT, previous_sigint)

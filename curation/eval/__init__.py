@@ -1,0 +1,1 @@
+"""Curation-quality metrics: how well a stage's output matches the ground truth."""

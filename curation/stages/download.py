@@ -1,0 +1,262 @@
+"""Download: img2dataset over a URL list, made polite, safe, resumable and retryable.
+
+A global stage (a job over all shards, distributed by img2dataset itself: its ``multiprocessing``
+distributor on the local engine, ``ray`` on the Ray engine, ``pyspark`` on Spark):
+
+1. the URL list becomes a frozen URL plan (:mod:`curation.download.plan`): refused URLs recorded as
+   ``blocked_address`` / ``invalid_url`` without a request, the rest ordered by host round-robin and
+   cut into shards;
+2. img2dataset fetches the shards into ``download/raw/`` (incremental mode: a rerun skips finished
+   shards), its workers guarded at connection time (:mod:`curation.download.guard`);
+3. each finished shard is converted to DOWNLOADED_SAMPLE and ENCODED_IMAGE parts
+   (:mod:`curation.download.shards`); ``stats.json`` counts every status and error.
+
+``run_retry_failed`` re-downloads only failed samples and merges them back under their own keys
+(:mod:`curation.download.retry`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from curation.config import ConfigError, dump_yaml
+from curation.download.config import DownloadConfig, DownloadLayout, resume_signature
+from curation.download.img2dataset_job import distributor_for, run_img2dataset
+from curation.download.names import check_component
+from curation.download.plan import UrlPlan, build_plan, check_signature, load_plan
+from curation.download.safety import NetworkPolicy
+from curation.download.shards import STATUS_SUCCESS, convert_shard, finished_shards
+from curation.download.url_lists import fingerprint, read_url_list, url_list_files
+from curation.io import read_json, sweep_temp_files, write_bytes_atomic, write_parquet_atomic
+from curation.rundir import StageDir
+from schemas import DOWNLOADED_SAMPLE_SCHEMA
+
+logger = logging.getLogger(__name__)
+
+STAGE = "download"
+BLOCKED_PART = "blocked.parquet"
+TOP_ERRORS = 20
+CONVERT_POLL_SECONDS = 0.5
+
+__all__ = [
+    "DownloadConfig",
+    "DownloadIncomplete",
+    "download_layout",
+    "downloaded_sample_shards",
+    "encoded_image_shards",
+    "run_download",
+    "run_retry_failed",
+]
+
+
+class DownloadIncomplete(RuntimeError):
+    """img2dataset left shards unfinished; rerunning the same command resumes them."""
+
+
+def download_layout(cfg) -> DownloadLayout:
+    check_component(cfg.name, "run name")
+    return DownloadLayout(cfg.run_dir.stage(STAGE).path)
+
+
+def encoded_image_shards(cfg) -> list[Path]:
+    """The ENCODED_IMAGE parts of a finished download: the input of ingest."""
+    return download_layout(cfg).encoded_parts()
+
+
+def downloaded_sample_shards(cfg) -> list[Path]:
+    """The DOWNLOADED_SAMPLE parts: every URL with its final download status."""
+    return download_layout(cfg).sample_parts()
+
+
+def _convert_finished(
+    layout: DownloadLayout, wanted: set[int], settings: DownloadConfig, *, repair: bool
+) -> int:
+    """Convert the finished, not yet converted shards; returns their successful downloads."""
+    successes = 0
+    for shard_id in sorted(finished_shards(layout.raw, settings.output_format, repair=repair)):
+        if shard_id in wanted and not layout.marker(shard_id).is_file():
+            counts = convert_shard(layout, shard_id, settings.output_format, settings.encode_format)
+            successes += counts.get(STATUS_SUCCESS, 0)
+    return successes
+
+
+class _BackgroundConverter(threading.Thread):
+    """Converts shards as img2dataset finishes them, while the driver would otherwise just wait;
+    whatever it misses or fails on, the final pass after img2dataset does."""
+
+    def __init__(self, layout: DownloadLayout, wanted: set[int], settings: DownloadConfig):
+        super().__init__(name="lvd-shard-converter", daemon=True)
+        self.args = (layout, wanted, settings)
+        self.stopping = threading.Event()
+        self.successes = 0
+
+    def run(self) -> None:
+        while not self.stopping.wait(CONVERT_POLL_SECONDS):
+            try:
+                self.successes += _convert_finished(*self.args, repair=False)
+            except Exception:  # noqa: BLE001 - retried by the final pass, which raises
+                logger.debug("background conversion failed; the final pass retries", exc_info=True)
+
+
+def fetch_and_convert(
+    layout: DownloadLayout, plan: UrlPlan, settings: DownloadConfig, distributor: str
+) -> int:
+    """Fetch the plan's unfinished shards into ``layout.raw`` and convert every finished one.
+
+    Returns the number of successful downloads among the shards converted by this call.
+    """
+    sweep_temp_files(layout.root)
+    wanted = set(range(plan.n_fetch_shards))
+    successes = 0
+    if wanted - finished_shards(layout.raw, settings.output_format):
+        layout.raw.mkdir(parents=True, exist_ok=True)
+        converter = _BackgroundConverter(layout, wanted, settings)
+        converter.start()
+        try:
+            run_img2dataset(
+                plan.fetch_dir,
+                layout.raw,
+                settings,
+                distributor=distributor,
+                extra_columns=list(plan.extra_columns),
+            )
+        finally:
+            converter.stopping.set()
+            converter.join()
+        successes += converter.successes
+    missing = sorted(wanted - finished_shards(layout.raw, settings.output_format))
+    if missing:
+        raise DownloadIncomplete(
+            f"img2dataset left {len(missing)} shard(s) unfinished (first: {missing[:5]}); "
+            "rerun the same command to resume them"
+        )
+    return successes + _convert_finished(layout, wanted, settings, repair=True)
+
+
+def count_statuses(layout: DownloadLayout) -> tuple[Counter, Counter]:
+    """(status counts, error message counts of failed rows) over every samples part."""
+    statuses: Counter = Counter()
+    errors: Counter = Counter()
+    for part in layout.sample_parts():
+        table = pq.read_table(part, columns=["status", "error_message"])
+        for item in pc.value_counts(table.column("status")).to_pylist():
+            statuses[item["values"]] += item["counts"]
+        failed = table.filter(pc.not_equal(table.column("status"), STATUS_SUCCESS))
+        messages = pc.fill_null(failed.column("error_message"), "")
+        for item in pc.value_counts(messages).to_pylist():
+            errors[item["values"][:300]] += item["counts"]
+    return statuses, errors
+
+
+def write_download_stats(layout: DownloadLayout, stage: StageDir, **extra) -> dict:
+    statuses, errors = count_statuses(layout)
+    previous = stage.read_stats()
+    stats = {
+        "stage": STAGE,
+        "rows_in": sum(statuses.values()),
+        "rows_out": statuses.get(STATUS_SUCCESS, 0),
+        **{f"status_{name}": n for name, n in sorted(statuses.items())},
+        "errors": dict(errors.most_common(TOP_ERRORS)),
+        "retries": previous.get("retries", []),
+        **extra,
+    }
+    stage.write_stats(stats)
+    return stats
+
+
+def run_download(cfg, engine) -> dict:
+    """Download ``cfg.download.url_list`` into ``<run>/download/``; resumes an interrupted run.
+
+    ``engine`` picks img2dataset's distributor. Returns the stage's stats. Raises
+    :class:`~curation.download.plan.DownloadResumeError` if the run was started with another URL
+    list or settings, :class:`DownloadIncomplete` if shards could not be finished.
+    """
+    settings: DownloadConfig = cfg.download
+    if not settings.url_list:
+        raise ConfigError("download.url_list is not set; pass --url-list or download.url_list=PATH")
+    layout = download_layout(cfg)
+    stage = cfg.run_dir.stage(STAGE)
+    signature = {
+        "url_list": fingerprint(url_list_files(Path(settings.url_list))),
+        **resume_signature(settings),
+    }
+    plan = load_plan(layout.urls)
+    if plan is not None:
+        check_signature(layout.urls, signature)
+    if stage.is_complete():
+        logger.info("download of run %s is already complete; skipping", cfg.name)
+        return stage.read_stats()
+    distributor = distributor_for(engine.name)
+    start = time.perf_counter()
+    layout.root.mkdir(parents=True, exist_ok=True)
+    cfg.run_dir.save_config(cfg)
+    # The run's config.yaml is rewritten by every job; --retry-failed needs this one.
+    write_bytes_atomic(layout.config, dump_yaml(cfg).encode())
+    if plan is None:
+        table = read_url_list(
+            Path(settings.url_list),
+            url_col=settings.url_col,
+            caption_col=settings.caption_col,
+            keep_extra_columns=settings.keep_extra_columns,
+        )
+        plan = build_plan(
+            layout.urls,
+            table,
+            samples_per_shard=settings.number_sample_per_shard,
+            round_robin=settings.host_round_robin,
+            policy=NetworkPolicy(settings.allow_private_networks),
+            signature=signature,
+        )
+    successes = fetch_and_convert(layout, plan, settings, distributor)
+    blocked = pq.read_table(plan.blocked_file)
+    write_parquet_atomic(layout.samples / BLOCKED_PART, blocked, DOWNLOADED_SAMPLE_SCHEMA)
+    seconds = time.perf_counter() - start
+    stats = write_download_stats(
+        layout,
+        stage,
+        shards=plan.n_fetch_shards,
+        seconds=round(seconds, 3),
+        images_per_second=round(successes / seconds, 2) if seconds > 0 else None,
+        engine=engine.name,
+        distributor=distributor,
+    )
+    stage.mark_complete()
+    logger.info(
+        "download of run %s: %s", cfg.name, {k: v for k, v in stats.items() if "status" in k}
+    )
+    return stats
+
+
+def run_retry_failed(cfg, engine) -> dict:
+    """Re-download the samples of run ``cfg.name`` whose status is in ``download.retry_statuses``
+    and merge the recovered ones back under their keys; returns the updated stats."""
+    from curation.download.retry import retry_failed
+
+    layout = download_layout(cfg)
+    stage = cfg.run_dir.stage(STAGE)
+    if not stage.is_complete():
+        raise ConfigError(
+            f"run {cfg.name!r} has no finished download in {layout.root}; rerun `lvd download` "
+            "with its arguments first (it resumes), then retry"
+        )
+    saved = read_json(layout.urls / "plan.json")["signature"]
+    check_signature(layout.urls, {"url_list": saved["url_list"], **resume_signature(cfg.download)})
+    start = time.perf_counter()
+    summary = retry_failed(cfg, layout, distributor_for(engine.name))
+    stats = stage.read_stats()
+    retries = stats.get("retries", []) + ([summary] if summary else [])
+    stage.write_stats({**stats, "retries": retries})
+    return write_download_stats(
+        layout,
+        stage,
+        **{k: stats[k] for k in ("shards", "seconds", "images_per_second", "engine") if k in stats},
+        distributor=stats.get("distributor"),
+        retry_seconds=round(time.perf_counter() - start, 3),
+    )
