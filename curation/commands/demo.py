@@ -20,5 +20,5 @@ def run(ns: argparse.Namespace) -> int:
     print(f"demo run finished in {result.seconds:.1f} s: {result.run_dir}")
     for stage, stats in result.stats.items():
         counts = ", ".join(f"{k}={v}" for k, v in stats.items() if k.startswith(("rows", "status")))
-        print(f"  {stage:<10} {counts}")
+        print(f"  {stage:<14} {counts}")
     return 0

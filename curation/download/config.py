@@ -22,9 +22,8 @@ class DownloadConfig:
     url_list: str | None = None
     url_col: str = "url"
     caption_col: str | None = "caption"  # None, or absent from the list: no captions
-    keep_extra_columns: bool = (
-        True  # other columns travel with each sample (tar .json, raw parquet)
-    )
+    # Other columns travel with each sample (tar .json, raw parquet).
+    keep_extra_columns: bool = True
     # Output, as img2dataset writes it.
     output_format: str = "webdataset"  # webdataset | parquet
     number_sample_per_shard: int = 10_000
