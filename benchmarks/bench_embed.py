@@ -145,6 +145,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=None, help="default: 32 CPU, 256 GPU")
     parser.add_argument("--workers", type=int, default=None, help="decode processes")
     parser.add_argument("--repeats", type=int, default=2, help="alternating timed rounds")
+    parser.add_argument("--backend", default="auto", choices=["auto", "process", "thread"])
     parser.add_argument(
         "--naive-images",
         type=int,
@@ -168,6 +169,7 @@ def main() -> None:
         batch_size=batch_size,
         rows_per_call=batch_size * 32,
         num_workers=workers,
+        decode_backend=args.backend,
     )
     with tempfile.TemporaryDirectory() as tmp:
         unique = min(n_images, args.unique or 1024)
@@ -193,7 +195,7 @@ def main() -> None:
     device_name = torch.cuda.get_device_name() if gpu else f"cpu x{os.cpu_count()}"
     print(
         f"device={device_name} model=sscd_{args.arch} size={args.size} dtype={args.dtype} "
-        f"batch={batch_size} decode_workers={workers} images={n_images} "
+        f"batch={batch_size} decode_workers={workers} ({args.backend}) images={n_images} "
         f"torch_threads={torch.get_num_threads()}"
     )
     print(f"embed stage      : {stage_rate:9.1f} images/s  (rounds: {rounds['stage']})")

@@ -137,6 +137,8 @@ def load_embedder(
         is_convnet = not hasattr(net, "patch_size")
         scales = tuple(scales) or tuple(meta.get("scales", ()))
     elif is_vit_arch(model):
+        if path is None:
+            logger.warning("%s without a checkpoint: random (seeded) weights", model)
         net = _seeded(lambda: build_retrieval_embedder(model, path, use_patch_tokens))
         default_size, default_resize = 224, "center_crop"
         multiple_of, is_convnet = net.patch_size, False
@@ -154,5 +156,6 @@ def load_embedder(
     if model_id is None:
         source = path.name if path is not None else "random-init"
         sizes = "+".join(str(s) for s in scales) if scales else str(prep.size)
-        model_id = f"{model}:{source}:{prep.resize}{sizes}"
+        tokens = "+patch" if use_patch_tokens and not is_convnet else ""
+        model_id = f"{model}{tokens}:{source}:{prep.resize}{sizes}"
     return Embedder(net, model_id, dim, prep, tuple(int(s) for s in scales), is_convnet)

@@ -6,7 +6,8 @@ ENCODED_IMAGE rows (``image`` bytes inline, or by offset when ``image`` is null)
 EMBEDDING schema (``key``, ``embedding`` fixed-size float32 list, ``model_id``), whose width is the
 model's: the stage sets ``output_schema`` (and ``input_schema``) per instance from its config, so
 build it through :func:`embed_stage_spec`, which fills ``dim`` in. Reading and decoding run in
-decode worker processes, overlapped with the forward passes (:mod:`curation.models.inference`).
+decode workers (processes for a GPU, threads on a CPU), overlapped with the forward passes
+(:mod:`curation.models.inference`).
 
 Rows that cannot be read or decoded get no embedding and are logged with their keys and reasons
 (the EMBEDDING schema has no status column; ``rows_in - rows_out`` in the stats counts them together
@@ -62,7 +63,8 @@ class EmbedConfig:
     channels_last: bool | None = None  # None: on for conv nets
     batch_size: int = 64  # images per forward pass
     rows_per_call: int = 1024  # rows the runner hands the stage at a time
-    num_workers: int = 4  # decode processes per worker (0: decode in the worker itself)
+    num_workers: int = 4  # decode workers per stage worker (0: decode in the stage's thread)
+    decode_backend: str = "auto"  # process | thread | auto (processes for GPUs, threads on CPUs)
     gpus: int = 0  # GPUs per Ray actor (0 or 1)
     threads: int | None = None  # torch CPU threads per worker; None: torch's default
     max_pixels: int = DEFAULT_MAX_PIXELS
@@ -132,6 +134,7 @@ class EmbedStage:
             dtype=cfg.dtype,
             batch_size=cfg.batch_size,
             num_workers=cfg.num_workers,
+            backend=cfg.decode_backend,
             channels_last=cfg.channels_last,
             max_pixels=cfg.max_pixels,
         )

@@ -40,6 +40,7 @@ from curation.train_descriptor.augment import AugmentConfig, CopyAugment
 from curation.train_descriptor.data import EpochSampler, TwoViewDataset
 from curation.train_descriptor.entropy_loss import DifferentialEntropyLoss
 from curation.train_descriptor.infonce_loss import InfoNCELoss
+from curation.train_descriptor.mixing import mix_batch
 
 logger = logging.getLogger(__name__)
 
@@ -111,40 +112,6 @@ def lr_schedule(cfg: DescriptorTrainConfig, total_steps: int) -> np.ndarray:
 def entropy_schedule(cfg: DescriptorTrainConfig, total_steps: int) -> np.ndarray:
     ramp = max(1, int(round(cfg.entropy_ramp_fraction * total_steps)))
     return cfg.entropy_weight * np.clip(np.arange(total_steps) / ramp, 0.0, 1.0)
-
-
-def mix_batch(
-    x: torch.Tensor, instance: torch.Tensor, cfg: DescriptorTrainConfig, rng: np.random.Generator
-) -> torch.Tensor:
-    """Mixup or cutmix some images in place; returns soft instance memberships ``[M, M]``.
-
-    Membership row ``a`` spreads 1 over the instances image ``a`` shows (itself only, unless it
-    was mixed: then ``lam`` on its own, ``1 - lam`` on the other image's instance).
-    """
-    m = len(x)
-    membership = (instance[:, None] == instance[None, :]).float()
-    membership = membership / membership.sum(dim=1, keepdim=True)  # duplicates share the weight
-    chosen = np.flatnonzero(rng.random(m) < cfg.mix_p)
-    if not len(chosen):
-        return membership
-    source = x.clone()
-    side = x.shape[-1]
-    for a in chosen.tolist():
-        b = int(rng.integers(m))
-        if instance[b] == instance[a]:
-            continue
-        lam = float(rng.beta(cfg.mix_alpha, cfg.mix_alpha))
-        if rng.random() < 0.5:  # mixup
-            x[a] = lam * source[a] + (1 - lam) * source[b]
-        else:  # cutmix: a box of area (1 - lam) from b
-            cut = int(side * math.sqrt(1 - lam))
-            top, left = int(rng.integers(0, side - cut + 1)), int(rng.integers(0, side - cut + 1))
-            x[a, :, top : top + cut, left : left + cut] = source[
-                b, :, top : top + cut, left : left + cut
-            ]
-            lam = 1 - cut * cut / (side * side)
-        membership[a] = lam * membership[a] + (1 - lam) * membership[b]
-    return membership
 
 
 def _autocast(device: torch.device, mode: str):
@@ -244,7 +211,7 @@ def _train(cfg, loaders, out, init_checkpoint, device) -> TrainResult:
     probe_times: dict[str, float] = {}
     history: list[dict[str, float]] = []
     start = time.perf_counter()
-    step, mark = 0, 0.0
+    step, mark, refit_at = 0, 0.0, -1
     while step < total:
         mode = autocast
         if autocast == "probe":  # steps 0-1 warm both paths up, steps 2-3 are timed
@@ -255,7 +222,9 @@ def _train(cfg, loaders, out, init_checkpoint, device) -> TrainResult:
         pixels = torch.cat([views[:, 0], views[:, 1]]).to(device, non_blocking=True)
         x = normalize_batch(pixels, prep, torch.float32, channels_last=channels_last)
         instance = torch.cat([index, index]).to(device)
-        membership = mix_batch(x, instance, cfg, rng) if cfg.mix_p > 0 else None
+        membership = (
+            mix_batch(x, instance, cfg.mix_p, cfg.mix_alpha, rng) if cfg.mix_p > 0 else None
+        )
         if membership is None:
             same = (instance[:, None] == instance[None, :]).float()
             overlap = same
@@ -285,9 +254,12 @@ def _train(cfg, loaders, out, init_checkpoint, device) -> TrainResult:
         elapsed = time.perf_counter() - start
         if step == CALIBRATION_START:
             mark = elapsed
-        if cfg.time_budget_s and step == CALIBRATION_END:
-            per_step = (elapsed - mark) / (CALIBRATION_END - CALIBRATION_START)
+        if cfg.time_budget_s and step in (CALIBRATION_END, refit_at):
+            # Fit the schedule to the budget from the speed so far (after warm-up); once early,
+            # once again a quarter in, when the loaders and caches have settled.
+            per_step = (elapsed - mark) / (step - CALIBRATION_START)
             fitted = step + int((cfg.time_budget_s - elapsed) / per_step)
+            refit_at = max(2 * CALIBRATION_END, fitted // 4) if step == CALIBRATION_END else -1
             total = max(step + 1, min(cfg.max_steps, fitted))
             lrs, weights = lr_schedule(cfg, total), entropy_schedule(cfg, total)
             logger.info(

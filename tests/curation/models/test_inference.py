@@ -43,15 +43,19 @@ def loaders_of(images: list[bytes]) -> list:
     return [partial(inline_bytes, d) for d in images]  # picklable: decode workers are processes
 
 
-@pytest.mark.parametrize(("workers", "chunk"), [(0, 16), (2, 2)])
-def test_matches_plain_forward_and_reports_failures(workers, chunk, tmp_path):
+@pytest.mark.parametrize(
+    ("workers", "chunk", "backend"), [(0, 16, "auto"), (2, 2, "process"), (2, 3, "thread")]
+)
+def test_matches_plain_forward_and_reports_failures(workers, chunk, backend, tmp_path):
     images = [jpeg(i) for i in range(7)]
     loaders = loaders_of(images)
     loaders.insert(2, partial(inline_bytes, b"not an image"))
     loaders.insert(5, partial(inline_bytes, None))
     loaders.append(partial(read_source_bytes, str(tmp_path / "gone.tar"), 0, 10))
     embedder = make_embedder()
-    options = InferenceOptions(device="cpu", batch_size=3, num_workers=workers, chunk_size=chunk)
+    options = InferenceOptions(
+        device="cpu", batch_size=3, num_workers=workers, chunk_size=chunk, backend=backend
+    )
     runner = BatchEmbedder(embedder, options)
     expected = torch.stack([reference(embedder, d) for d in images]).numpy()
     for _ in range(2):  # persistent workers serve a second call too
@@ -68,7 +72,8 @@ def test_matches_plain_forward_and_reports_failures(workers, chunk, tmp_path):
 
 
 def test_unpicklable_loaders_are_refused_up_front():
-    runner = BatchEmbedder(make_embedder(), InferenceOptions(device="cpu", num_workers=1))
+    options = InferenceOptions(device="cpu", num_workers=1, backend="process")
+    runner = BatchEmbedder(make_embedder(), options)
     with pytest.raises(TypeError, match="picklable"):
         runner.embed([lambda: b""])
     runner.close()

@@ -1,6 +1,7 @@
 """The descriptor training loop: schedules, mixup targets, a short run, the checkpoint, the CLI."""
 
 import json
+import tarfile
 
 import numpy as np
 import pytest
@@ -9,10 +10,17 @@ import torch
 from curation.cli import main
 from curation.models.descriptor import load_descriptor_checkpoint
 from curation.models.embedder import load_embedder
+from curation.sources import list_image_files, write_encoded_shards
 from curation.train_descriptor import DescriptorTrainConfig, train_descriptor
 from curation.train_descriptor.augment import AugmentConfig, CopyAugment
-from curation.train_descriptor.data import EpochSampler, TwoViewDataset, folder_loaders
-from curation.train_descriptor.train import entropy_schedule, lr_schedule, mix_batch
+from curation.train_descriptor.data import (
+    EpochSampler,
+    TwoViewDataset,
+    collect_loaders,
+    folder_loaders,
+)
+from curation.train_descriptor.mixing import mix_batch
+from curation.train_descriptor.train import entropy_schedule, lr_schedule
 
 TINY = dict(width=8, dim=16, augment=AugmentConfig(size=32), batch_size=8, num_workers=0)
 
@@ -34,10 +42,9 @@ def test_entropy_weight_ramps_up():
 
 
 def test_mix_batch_spreads_membership_over_both_images():
-    cfg = DescriptorTrainConfig(mix_p=1.0)
     x = torch.randn(8, 3, 16, 16)
     instance = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])
-    membership = mix_batch(x, instance, cfg, np.random.default_rng(0))
+    membership = mix_batch(x, instance, 1.0, 2.0, np.random.default_rng(0))
     assert torch.allclose(membership.sum(dim=1), torch.ones(8))
     assert (membership > 0).sum(dim=1).max() > 2  # some row now shows two instances
 
@@ -58,7 +65,9 @@ def test_dataset_skips_undecodable_images(small_web):
 
 def test_short_run_saves_a_checkpoint_the_embed_stage_loads(small_web, tmp_path):
     loaders = [loader for _, loader in folder_loaders(small_web.pool_dir)[:40]]
-    cfg = DescriptorTrainConfig(**TINY, max_steps=3, autocast="fp32", inference_scales=(32, 48))
+    cfg = DescriptorTrainConfig(
+        **TINY, max_steps=3, autocast="fp32", inference_scales=(32, 48), mix_p=0.5
+    )
     result = train_descriptor(cfg, loaders, tmp_path / "d.pt", init_checkpoint=tmp_path / "i.pt")
     assert result.steps == 3 and np.isfinite(result.history[-1]["loss"])
     trained, meta = load_descriptor_checkpoint(result.checkpoint)
@@ -105,3 +114,18 @@ def test_cli_trains_and_reports_micro_ap(small_web, tmp_path, capsys):
     for name in ("trained_single_scale", "untrained_single_scale"):
         assert 0.0 <= summary[name]["micro_ap"] <= 1.0
         assert summary[name]["n_true_pairs"] > 0
+
+
+def test_sources_folder_shards_and_tars_give_the_same_bytes(small_web, tmp_path):
+    files = list_image_files(small_web.seed_dir)[:5]
+    write_encoded_shards(files, tmp_path / "shards", rows_per_shard=2)
+    (tmp_path / "tars").mkdir()
+    with tarfile.open(tmp_path / "tars" / "000.tar", "w") as tar:
+        for f in files:
+            tar.add(f, arcname=f"{f.stem}.jpg")
+    expected = {f.stem: f.read_bytes() for f in files}
+    for kwargs in ({"shards": tmp_path / "shards"}, {"tars": tmp_path / "tars"}):
+        loaders = collect_loaders(**kwargs, index_dir=tmp_path / "index")
+        assert {key: loader() for key, loader in loaders} == expected
+    with pytest.raises(FileNotFoundError):
+        collect_loaders(shards=tmp_path / "tars")
