@@ -18,7 +18,12 @@ def run(ns: argparse.Namespace) -> int:
 
     result = run_demo(load_job_config(ns))
     print(f"demo run finished in {result.seconds:.1f} s: {result.run_dir}")
+    shown = ("rows", "status", "micro_ap", "recall_at_p90", "n_true_pairs", "images_per_second")
     for stage, stats in result.stats.items():
-        counts = ", ".join(f"{k}={v}" for k, v in stats.items() if k.startswith(("rows", "status")))
+        counts = ", ".join(
+            f"{k}={round(v, 3) if isinstance(v, float) else v}"
+            for k, v in stats.items()
+            if k.startswith(shown)
+        )
         print(f"  {stage:<14} {counts}")
     return 0

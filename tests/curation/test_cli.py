@@ -15,13 +15,14 @@ from curation.cli import build_parser, main
 TESTS = Path(__file__).resolve().parents[1]
 SMALL = [
     "synth.n_pool=40",
-    "synth.n_near_duplicates=4",
+    "synth.n_near_duplicates=12",
     "synth.n_exact_duplicates=2",
     "synth.n_eval=6",
     "synth.n_eval_copies_in_pool=2",
     "synth.n_seed_per_class=3",
     "download.processes_count=1",
     "download.thread_count=8",
+    "demo.descriptor.time_budget_s=4",
 ]
 
 
@@ -54,13 +55,22 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     run = tmp_path / "demo"
     download = json.loads((run / "download" / "stats.json").read_text())
     ingest = json.loads((run / "ingest" / "stats.json").read_text())
-    # 40 originals + 4 near + 2 exact + 2 eval copies + 8 bad files are served; 404s and the
+    # 40 originals + 12 near + 2 exact + 2 eval copies + 8 bad files are served; 404s and the
     # refused port fail.
-    assert download["status_success"] == 56
+    assert download["status_success"] == 64
     assert download["status_failed_to_download"] >= 2
-    assert ingest["status_ok"] == 56 - 4  # truncated, empty, html, huge are rejected
+    assert ingest["status_ok"] == 64 - 4  # truncated, empty, html, huge are rejected
     unique = pq.read_table(list((run / "unique_images").glob("*.parquet")))
-    assert 40 <= unique.num_rows < 52  # exact copies and re-encodes removed, originals kept
+    assert 40 <= unique.num_rows < 60  # exact copies and re-encodes removed, originals kept
+    embed = json.loads((run / "embed_sscd" / "stats.json").read_text())
+    embedded = pq.read_table(list((run / "embed_sscd").glob("*.parquet")))
+    assert embed["rows_out"] == embedded.num_rows == unique.num_rows
+    assert sorted(embedded.column("key").to_pylist()) == sorted(unique.column("key").to_pylist())
+    report = embed["copy_detection"]
+    assert report["n_true_pairs"] > 0  # crops, flips, pads survive near-exact dedup
+    assert 0.0 <= report["micro_ap"] <= 1.0
+    assert report["n_true_pairs_found"] <= report["n_true_pairs"]
+    assert "copy_detection" in out
     assert (run / "config.yaml").is_file()
 
 
