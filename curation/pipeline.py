@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from curation.config import ConfigError
 from curation.engines import Engine, get_engine
 from curation.eval.copy_detection import evaluate_copy_detection, synthetic_copy_pairs
 from curation.io import read_parquet
@@ -101,6 +102,19 @@ def pack_folder(cfg: CurationConfig, folder: Path) -> list[Path]:
     )
 
 
+def run_curation(cfg: CurationConfig, engine: Engine) -> dict:
+    """The curation stages that exist so far, in order, on ``engine``: download the URL list,
+    ingest with exact and near-exact dedup, and (given a descriptor checkpoint) embed the unique
+    images for copy detection. Each stage resumes where a previous run stopped."""
+    if cfg.download.url_list is None:
+        raise ConfigError("download.url_list is required (a URL list file or folder)")
+    stats = {"download": run_download(cfg, engine)}
+    stats.update(run_ingest(cfg, engine))
+    if cfg.embed.checkpoint is not None:
+        stats["embed_sscd"] = run_embed(cfg, engine, unique_image_shards(cfg))
+    return stats
+
+
 @dataclass(frozen=True)
 class DemoResult:
     run_dir: Path
@@ -124,9 +138,9 @@ def run_demo(cfg: CurationConfig) -> DemoResult:
             write_url_list(web, server.base_url, url_list, slow=False)
             # The synthetic web lives on 127.0.0.1, which the network guard refuses by default.
             download = replace(cfg.download, url_list=str(url_list), allow_private_networks=True)
-            cfg = replace(cfg, download=download)
-            stats["download"] = run_download(cfg, engine)
-        stats.update(run_ingest(cfg, engine))
+            # The descriptor is trained below, on what was downloaded, then used to embed.
+            cfg = replace(cfg, download=download, embed=replace(cfg.embed, checkpoint=None))
+            stats.update(run_curation(cfg, engine))
         if cfg.demo.train_descriptor:
             unique = unique_image_shards(cfg)
             checkpoint = run.root / "descriptor" / "descriptor.pt"
