@@ -30,3 +30,23 @@ def load_job_config(ns: argparse.Namespace):
     if getattr(ns, "run", None):
         overrides.append(f"name={ns.run}")
     return load_config(CurationConfig, ns.config, overrides)
+
+
+def parquet_files(folder: Path) -> list[Path]:
+    """The ``*.parquet`` shards of ``folder`` in name order; an error if there are none."""
+    paths = sorted(Path(folder).glob("*.parquet"))
+    if not paths:
+        raise FileNotFoundError(f"no .parquet shards in {folder}")
+    return paths
+
+
+def shard_inputs(cfg, images: Path | None, shards: Path | None) -> list[Path] | None:
+    """Input shards named on the command line: a folder of images (packed into the run first) or
+    a folder of parquet shards; None when neither was given (the stage reads its run's own)."""
+    from curation.pipeline import pack_folder
+
+    if images:
+        return pack_folder(cfg, images)
+    if shards:
+        return parquet_files(shards)
+    return None

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from curation.commands.common import add_job_arguments, load_job_config
+from curation.commands.common import add_job_arguments, load_job_config, shard_inputs
 
 
 def register(sub) -> None:
@@ -19,15 +19,10 @@ def register(sub) -> None:
 
 
 def run(ns: argparse.Namespace) -> int:
-    from curation.pipeline import build_engine, pack_folder, run_decode
+    from curation.pipeline import build_engine, run_decode
 
     cfg = load_job_config(ns)
-    if ns.images:
-        inputs = pack_folder(cfg, ns.images)
-    else:
-        inputs = sorted(Path(ns.input).glob("*.parquet"))
-        if not inputs:
-            raise FileNotFoundError(f"no .parquet shards in {ns.input}")
+    inputs = shard_inputs(cfg, ns.images, ns.input)
     with build_engine(cfg.engine) as engine:
         stats = run_decode(cfg, engine, inputs)
     print(json.dumps(stats, indent=2))

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from curation.commands.common import add_job_arguments, load_job_config
+from curation.commands.common import add_job_arguments, load_job_config, parquet_files
 
 
 def register(sub) -> None:
@@ -30,13 +30,6 @@ def register(sub) -> None:
     parser.set_defaults(func=run)
 
 
-def _parquet_files(folder: Path) -> list[Path]:
-    paths = sorted(Path(folder).glob("*.parquet"))
-    if not paths:
-        raise FileNotFoundError(f"no .parquet files in {folder}")
-    return paths
-
-
 def run(ns: argparse.Namespace) -> int:
     from curation.models.retrieval import is_vit_arch
     from curation.pipeline import build_engine
@@ -57,9 +50,9 @@ def run(ns: argparse.Namespace) -> int:
             raise FileNotFoundError(f"no .tar files in {ns.tars}")
         inputs = index_webdataset_tars(tars, work)
     elif ns.parquet:
-        inputs = conform_parquet_inputs(_parquet_files(ns.parquet), work)
+        inputs = conform_parquet_inputs(parquet_files(ns.parquet), work)
     else:
-        inputs = _parquet_files(ns.input)
+        inputs = parquet_files(ns.input)
     with build_engine(cfg.engine) as engine:
         stats = run_embed(cfg, engine, inputs, stage=stage)
     print(json.dumps(stats, indent=2))

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from curation.commands.common import add_job_arguments, load_job_config
+from curation.commands.common import add_job_arguments, load_job_config, shard_inputs
 
 
 def register(sub) -> None:
@@ -25,19 +25,13 @@ def register(sub) -> None:
 
 
 def run(ns: argparse.Namespace) -> int:
-    from curation.pipeline import build_engine, pack_folder
+    from curation.pipeline import build_engine
     from curation.stages.ingest import run_ingest
 
     if ns.face_blur:
         ns.overrides = [*ns.overrides, "ingest.face_blur.enabled=true"]
     cfg = load_job_config(ns)
-    inputs = None
-    if ns.images:
-        inputs = pack_folder(cfg, ns.images)
-    elif ns.input:
-        inputs = sorted(Path(ns.input).glob("*.parquet"))
-        if not inputs:
-            raise FileNotFoundError(f"no .parquet shards in {ns.input}")
+    inputs = shard_inputs(cfg, ns.images, ns.input)
     with build_engine(cfg.engine) as engine:
         stats = run_ingest(cfg, engine, inputs)
     print(json.dumps(stats, indent=2))
