@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 from curation.config import ConfigError
 from curation.engines import Engine, get_engine
 from curation.eval.copy_detection import evaluate_copy_detection, synthetic_copy_pairs
-from curation.io import read_parquet
+from curation.io import read_parquet, write_bytes_atomic
 from curation.rundir import RunDir, StageDir
 from curation.runner import run_stage
 from curation.sources import list_image_files, write_encoded_shards
@@ -132,10 +132,16 @@ def run_demo(cfg: CurationConfig) -> DemoResult:
     web = generate_synthetic_web(run.root / "synth", cfg.synth)
     stats: dict = {}
     with build_engine(cfg.engine) as engine:
-        with SynthWebServer(web.root) as server:
+        # A rerun serves on the port of the first run and reuses its URL list, so the download
+        # stage sees the same list and resumes (or skips) instead of refusing a changed one.
+        port_file = run.root / "synth_server_port"
+        port = int(port_file.read_text()) if port_file.is_file() else 0
+        with SynthWebServer(web.root, port=port) as server:
+            write_bytes_atomic(port_file, str(server.port).encode())
             url_list = run.root / "urls.parquet"
-            # The slow URL only shows a timeout; the demo keeps it out to stay quick.
-            write_url_list(web, server.base_url, url_list, slow=False)
+            if not url_list.is_file():
+                # The slow URL only shows a timeout; the demo keeps it out to stay quick.
+                write_url_list(web, server.base_url, url_list, slow=False)
             # The synthetic web lives on 127.0.0.1, which the network guard refuses by default.
             download = replace(cfg.download, url_list=str(url_list), allow_private_networks=True)
             # The descriptor is trained below, on what was downloaded, then used to embed.

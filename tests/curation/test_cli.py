@@ -71,6 +71,13 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert 0.0 <= report["micro_ap"] <= 1.0
     assert report["n_true_pairs_found"] <= report["n_true_pairs"]
     assert "copy_detection" in out
+
+    # A rerun resumes: same port, same URL list, every stage already complete and left as it is.
+    outputs = sorted(run.rglob("*.parquet"))
+    mtimes = [p.stat().st_mtime_ns for p in outputs]
+    assert main(["demo", f"runs_dir={tmp_path}", *SMALL]) == 0
+    assert sorted(run.rglob("*.parquet")) == outputs
+    assert [p.stat().st_mtime_ns for p in outputs] == mtimes
     assert (run / "config.yaml").is_file()
 
 
