@@ -48,8 +48,16 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def decode_rgb(data: bytes | None, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+def decode_rgb(
+    data: bytes | None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    draft_size: tuple[int, int] | None = None,
+) -> Image.Image:
     """Decode ``data`` to an RGB image with EXIF orientation applied.
+
+    ``draft_size``: the caller only needs at least this many pixels per side (it will downscale
+    anyway), so a JPEG may be decoded at 1/2, 1/4 or 1/8 scale in the DCT domain, keeping both
+    sides >= ``draft_size``. Much cheaper for large JPEGs; other formats decode in full.
 
     Raises :class:`ImageRejected` with status ``empty``, ``decode_error`` or ``rejected_too_large``.
     """
@@ -68,6 +76,10 @@ def decode_rgb(data: bytes | None, max_pixels: int = DEFAULT_MAX_PIXELS) -> Imag
                     f"{width}x{height} = {width * height} pixels exceeds the limit of {max_pixels}",
                 )
             image.seek(0)  # first frame of animations
+            if draft_size is not None and image.format == "JPEG":
+                # Square request: EXIF rotation, applied after decoding, cannot break it.
+                side = max(draft_size)
+                image.draft(image.mode if image.mode == "CMYK" else "RGB", (side, side))
             image.load()
             image = ImageOps.exif_transpose(image)
             return _to_rgb(image)

@@ -33,6 +33,7 @@ from curation.imaging import DEFAULT_MAX_PIXELS, ImageRejected, decode_rgb
 from curation.models.embedder import Embedder
 from curation.models.preprocess import (
     Preprocessing,
+    decode_floor,
     image_to_uint8,
     normalize_batch,
     rescale_batch,
@@ -62,6 +63,8 @@ class InferenceOptions:
     backend: str = "auto"  # decode workers: process | thread | auto (threads on a CPU device)
     channels_last: bool | None = None  # None: on for conv nets
     max_pixels: int = DEFAULT_MAX_PIXELS
+    # Decode JPEGs at a reduced DCT scale when the model needs fewer pixels (never below its size).
+    reduced_jpeg_decode: bool = True
 
 
 def resolve_device(name: str) -> torch.device:
@@ -94,21 +97,26 @@ class EmbedResult:
 
 
 def prepare_image(
-    loader: Callable[[], bytes | None], prep: Preprocessing, max_pixels: int
+    loader: Callable[[], bytes | None],
+    prep: Preprocessing,
+    max_pixels: int,
+    reduced_jpeg_decode: bool = False,
 ) -> np.ndarray:
     """Read, decode and resize one image; raises :class:`ImageRejected` with the reason."""
     try:
         data = loader()
     except OSError as exc:
         raise ImageRejected(STATUS_READ_ERROR, f"{type(exc).__name__}: {exc}") from exc
-    return image_to_uint8(decode_rgb(data, max_pixels), prep)
+    draft = decode_floor(prep) if reduced_jpeg_decode else None
+    return image_to_uint8(decode_rgb(data, max_pixels, draft_size=draft), prep)
 
 
 class _DecodeTasks(Dataset):
     """Items are ``(position, loader)`` pairs sent by the sampler; an item decodes one image."""
 
-    def __init__(self, prep: Preprocessing, max_pixels: int):
+    def __init__(self, prep: Preprocessing, max_pixels: int, reduced_jpeg_decode: bool):
         self.prep, self.max_pixels = prep, max_pixels
+        self.reduced_jpeg_decode = reduced_jpeg_decode
 
     def __len__(self) -> int:  # items come from the sampler, not from an index range
         return 0
@@ -116,7 +124,8 @@ class _DecodeTasks(Dataset):
     def __getitem__(self, task):
         position, loader = task
         try:
-            return position, prepare_image(loader, self.prep, self.max_pixels), None
+            pixels = prepare_image(loader, self.prep, self.max_pixels, self.reduced_jpeg_decode)
+            return position, pixels, None
         except ImageRejected as exc:
             return position, None, (exc.status, str(exc))
         except Exception as exc:  # a per-image boundary: record it, keep going
@@ -187,7 +196,7 @@ class BatchEmbedder:
         # About three model batches decoded ahead, whatever the number of workers.
         ahead = max(2, -(-3 * options.batch_size // (options.chunk_size * max(1, workers))))
         self._loader = DataLoader(
-            _DecodeTasks(embedder.preprocessing, options.max_pixels),
+            _DecodeTasks(embedder.preprocessing, options.max_pixels, options.reduced_jpeg_decode),
             batch_sampler=self._chunks,
             collate_fn=_collate,
             num_workers=workers,

@@ -72,6 +72,15 @@ def resize_image(image: Image.Image, prep: Preprocessing) -> Image.Image:
     return image.crop((left, top, left + crop, top + crop))
 
 
+def decode_floor(prep: Preprocessing) -> tuple[int, int]:
+    """The fewest pixels per side a decoded image needs before :func:`resize_image` (for a reduced
+    JPEG decode, :func:`curation.imaging.decode_rgb`'s ``draft_size``)."""
+    side = _round_to(prep.size, prep.multiple_of)
+    if prep.resize == "center_crop":
+        side = round(side * 8 / 7)
+    return side, side
+
+
 def image_to_uint8(image: Image.Image, prep: Preprocessing) -> np.ndarray:
     """The resized image as a contiguous ``[H, W, 3]`` uint8 array (what worker threads return)."""
     return np.asarray(resize_image(image.convert("RGB"), prep), dtype=np.uint8)

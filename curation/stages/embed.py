@@ -68,6 +68,8 @@ class EmbedConfig:
     gpus: int = 0  # GPUs per Ray actor (0 or 1)
     threads: int | None = None  # torch CPU threads per worker; None: torch's default
     max_pixels: int = DEFAULT_MAX_PIXELS
+    # JPEGs decoded at 1/2-1/8 DCT scale when the model needs fewer pixels (never below its size).
+    reduced_jpeg_decode: bool = True
 
     def __post_init__(self) -> None:
         if self.input not in INPUT_SCHEMAS:
@@ -137,6 +139,7 @@ class EmbedStage:
             backend=cfg.decode_backend,
             channels_last=cfg.channels_last,
             max_pixels=cfg.max_pixels,
+            reduced_jpeg_decode=cfg.reduced_jpeg_decode,
         )
         self.embedder = BatchEmbedder(embedder, options)
         self.model_id = embedder.model_id

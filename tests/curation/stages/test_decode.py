@@ -113,3 +113,33 @@ def test_decompression_bomb_is_rejected_without_allocating(small_web):
     status, peak_kib = result.stdout.split()
     assert status == "rejected_too_large"
     assert 0 < int(peak_kib) < 1024 * 1024  # under 1 GiB (50000^2 grey pixels would be 2.3 GiB)
+
+
+def _smooth_jpeg(width: int, height: int, **save) -> bytes:
+    y, x = np.mgrid[0:height, 0:width]
+    pixels = np.stack([x * 255 // width, y * 255 // height, (x + y) * 255 // (width + height)], -1)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels.astype(np.uint8)).save(buffer, format="JPEG", quality=92, **save)
+    return buffer.getvalue()
+
+
+def test_reduced_jpeg_decode_keeps_at_least_the_requested_pixels():
+    data = _smooth_jpeg(1280, 960)
+    full = decode_rgb(data)
+    reduced = decode_rgb(data, draft_size=(200, 200))
+    assert full.size == (1280, 960)
+    assert reduced.size == (320, 240)  # 1/4 scale: the largest that keeps both sides >= 200
+    # After the resize a model applies anyway, the two decodes agree closely.
+    a = np.asarray(full.resize((200, 200), Image.Resampling.BILINEAR), dtype=np.float32)
+    b = np.asarray(reduced.resize((200, 200), Image.Resampling.BILINEAR), dtype=np.float32)
+    assert np.abs(a - b).mean() < 3.0
+
+
+def test_reduced_decode_respects_exif_orientation_and_other_formats():
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees on display
+    rotated = decode_rgb(_smooth_jpeg(1200, 600, exif=exif.tobytes()), draft_size=(100, 100))
+    assert rotated.size == (150, 300)  # 1/4 scale of 1200x600, then width and height swap
+    buffer = io.BytesIO()
+    Image.new("RGB", (800, 800), (10, 20, 30)).save(buffer, format="PNG")
+    assert decode_rgb(buffer.getvalue(), draft_size=(100, 100)).size == (800, 800)

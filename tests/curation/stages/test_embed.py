@@ -14,7 +14,7 @@ from curation.cli import main
 from curation.engines import get_engine
 from curation.imaging import decode_rgb
 from curation.models.descriptor import build_descriptor, save_descriptor_checkpoint
-from curation.models.preprocess import Preprocessing, image_to_uint8, normalize_batch
+from curation.models.preprocess import Preprocessing, decode_floor, image_to_uint8, normalize_batch
 from curation.pipeline import CurationConfig
 from curation.rundir import RunDir
 from curation.runner import run_stage
@@ -121,7 +121,9 @@ def test_embeddings_equal_a_plain_forward_of_the_decoded_image(
     prep = Preprocessing(SIZE, "square")
     for i in rows[:5]:
         key, vector = table.column("key")[i].as_py(), matrix[i]
-        image = decode_rgb((small_web.pool_dir / f"{key}.jpg").read_bytes())
+        # The stage decodes JPEGs at a reduced DCT scale by default (embed.reduced_jpeg_decode).
+        data = (small_web.pool_dir / f"{key}.jpg").read_bytes()
+        image = decode_rgb(data, draft_size=decode_floor(prep))
         pixels = torch.from_numpy(image_to_uint8(image, prep).copy())[None]
         with torch.no_grad():
             expected = model(normalize_batch(pixels, prep))[0].numpy()
