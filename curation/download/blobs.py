@@ -7,8 +7,11 @@ Records point at a tar member's data by (file, offset, size), or at a row of a P
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 IMAGE_COLUMNS = ("jpg", "png", "webp", "image")
@@ -80,3 +83,61 @@ class BlobReader:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+# Loaders: picklable zero-argument callables returning an image's bytes, for decode workers.
+Loader = Callable[[], bytes | None]
+
+
+def inline_bytes(data: bytes | None) -> bytes | None:
+    """A loader for bytes already at hand."""
+    return data
+
+
+def read_source_bytes(path: str, offset: int, size: int) -> bytes:
+    """A loader for a byte range of a file (a tar member's data, or a whole loose file)."""
+    with open(path, "rb") as fh:
+        fh.seek(offset)
+        data = fh.read(size)
+    if len(data) != size:
+        raise BlobReadError(f"{path}: wanted {size} bytes at offset {offset}, got {len(data)}")
+    return data
+
+
+def raise_read_error(message: str) -> bytes:
+    """A loader for bytes that could not be found: fails as a read error when called."""
+    raise BlobReadError(message)
+
+
+def blob_loaders(table: pa.Table) -> list[Loader]:
+    """One loader per row of a table with ``key``, ``source_file``/``offset``/``size`` (and an
+    optional inline ``image`` column).
+
+    Inline bytes and tar members (read lazily by byte range, cheap to ship to worker processes)
+    stay loaders; rows of a ``parquet`` download (null offset) are read here, one file read per
+    Parquet file, since a worker would have to read the whole file for each of them.
+    """
+    inline = (
+        table.column("image").to_pylist()
+        if "image" in table.column_names
+        else [None] * table.num_rows
+    )
+    loaders: list[Loader] = []
+    with BlobReader() as reader:
+        for key, data, path, offset, size in zip(
+            table.column("key").to_pylist(),
+            inline,
+            table.column("source_file").to_pylist(),
+            table.column("source_offset").to_pylist(),
+            table.column("source_size").to_pylist(),
+        ):
+            if data is not None or path is None:
+                loaders.append(partial(inline_bytes, data))
+            elif offset is not None:
+                loaders.append(partial(read_source_bytes, path, offset, size or 0))
+            else:
+                try:
+                    loaders.append(partial(inline_bytes, reader.read(path, None, size, key)))
+                except BlobReadError as exc:
+                    loaders.append(partial(raise_read_error, str(exc)))
+    return loaders

@@ -20,7 +20,6 @@ import dataclasses
 import logging
 import tarfile
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,6 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from curation.download.blobs import blob_loaders
 from curation.imaging import DEFAULT_MAX_PIXELS, STATUS_OK
 from curation.io import write_parquet_atomic
 from curation.runner import run_stage
@@ -87,20 +87,6 @@ class EmbedConfig:
         }
 
 
-def inline_bytes(data: bytes | None) -> bytes | None:
-    """A loader for bytes already at hand (module-level, so decode workers can unpickle it)."""
-    return data
-
-
-def read_source_bytes(path: str, offset: int, size: int) -> bytes:
-    with open(path, "rb") as fh:
-        fh.seek(offset)
-        data = fh.read(size)
-    if len(data) != size:
-        raise OSError(f"{path}: wanted {size} bytes at offset {offset}, got {len(data)}")
-    return data
-
-
 class EmbedStage:
     name = "embed"
     input_schema = IMAGE_RECORD_SCHEMA  # per instance: INPUT_SCHEMAS[config.input]
@@ -147,19 +133,7 @@ class EmbedStage:
     def _loaders(self, batch: pa.Table) -> tuple[pa.Table, list]:
         if self.config.input == "image_record":
             batch = batch.filter(pc.equal(batch.column("status"), STATUS_OK))
-            inline = [None] * batch.num_rows
-        else:
-            inline = batch.column("image").to_pylist()
-        files = batch.column("source_file").to_pylist()
-        offsets = batch.column("source_offset").to_pylist()
-        sizes = batch.column("source_size").to_pylist()
-        loaders = []
-        for data, path, offset, size in zip(inline, files, offsets, sizes):
-            if data is not None or path is None:
-                loaders.append(partial(inline_bytes, data))
-            else:
-                loaders.append(partial(read_source_bytes, path, offset or 0, size or 0))
-        return batch, loaders
+        return batch, blob_loaders(batch)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         if self.embedder is None:

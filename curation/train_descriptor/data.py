@@ -22,19 +22,16 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
+from curation.download.blobs import blob_loaders
 from curation.imaging import ImageRejected, decode_rgb
 from curation.sources import list_image_files
-from curation.stages.embed import index_webdataset_tars, read_source_bytes
+from curation.stages.embed import index_webdataset_tars
 from curation.train_descriptor.augment import CopyAugment
 
 logger = logging.getLogger(__name__)
 
 Loader = Callable[[], bytes]
 MAX_DECODE_TRIES = 16
-
-
-def _inline(data: bytes) -> bytes:
-    return data
 
 
 def _whole_file(path: str) -> bytes:
@@ -52,22 +49,12 @@ def shard_loaders(paths: list[Path]) -> list[tuple[str, Loader]]:
         table = pq.read_table(path)
         if "status" in table.column_names:
             table = table.filter(pc.equal(table.column("status"), "ok"))
-        inline = (
-            table.column("image").to_pylist()
-            if "image" in table.column_names
-            else [None] * table.num_rows
-        )
-        for key, data, file, offset, size in zip(
-            table.column("key").to_pylist(),
-            inline,
-            table.column("source_file").to_pylist(),
-            table.column("source_offset").to_pylist(),
-            table.column("source_size").to_pylist(),
-        ):
-            if data is not None:
-                out.append((key, partial(_inline, data)))
-            elif file is not None:
-                out.append((key, partial(read_source_bytes, file, offset or 0, size or 0)))
+        # Rows with neither inline bytes nor a source file have nothing to train on.
+        present = pc.is_valid(table.column("source_file"))
+        if "image" in table.column_names:
+            present = pc.or_(present, pc.is_valid(table.column("image")))
+        table = table.filter(present)
+        out.extend(zip(table.column("key").to_pylist(), blob_loaders(table)))
     return out
 
 

@@ -8,12 +8,12 @@ import pytest
 import torch
 from PIL import Image
 
+from curation.download.blobs import inline_bytes, read_source_bytes
 from curation.imaging import decode_rgb
 from curation.models.embedder import Embedder
 from curation.models.inference import BatchEmbedder, InferenceOptions
 from curation.models.preprocess import Preprocessing, image_to_uint8, normalize_batch
 from curation.models.sscd import SSCDModel
-from curation.stages.embed import inline_bytes, read_source_bytes
 
 
 def jpeg(seed: int, size=(40, 30)) -> bytes:
