@@ -17,6 +17,11 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def at_least_fp32(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in float32, or in float64 if it already is (so fp64 checks keep their precision)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 class GeM(nn.Module):
     """Generalised-mean pooling (Radenović et al., 2018): ``mean(clamp(x, eps) ** p) ** (1 / p)``.
 
@@ -30,7 +35,7 @@ class GeM(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # fp32 for the cube and the root: in bf16 the mean of cubes loses most of its bits.
-        pooled = x.float().clamp(min=self.eps).pow(self.p).mean(dim=(-2, -1))
+        pooled = at_least_fp32(x).clamp(min=self.eps).pow(self.p).mean(dim=(-2, -1))
         return pooled.pow(1.0 / self.p)
 
 
@@ -145,7 +150,7 @@ class SSCDModel(nn.Module):
         self.backbone = ResNetTrunk(arch, dim=dim, width=width, gem_p=gem_p)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.backbone(x).float(), dim=-1)
+        return F.normalize(at_least_fp32(self.backbone(x)), dim=-1)
 
 
 def sscd_resnet50(dim: int = 512, **kwargs) -> SSCDModel:
@@ -172,6 +177,8 @@ def sscd_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor
     """
     out: dict[str, torch.Tensor] = {}
     for key, value in state.items():
+        if not isinstance(key, str):
+            raise SSCDStateDictError(f"not a state dict: key {key!r} is not a parameter name")
         if key.startswith("module."):  # saved from DistributedDataParallel
             key = key[len("module.") :]
         if key.startswith("embeddings.1."):
@@ -204,8 +211,10 @@ def infer_resnet_config(state: Mapping[str, torch.Tensor]) -> dict:
     )
     if arch is None:
         raise SSCDStateDictError(f"unknown ResNet layout: blocks per layer {layer_depths}")
-    if "backbone.fc.weight" not in state:
+    if not torch.is_tensor(state.get("backbone.fc.weight")):
         raise SSCDStateDictError("no projection (backbone.fc.weight or embeddings.1.weight)")
+    if not torch.is_tensor(state.get("backbone.conv1.weight")):
+        raise SSCDStateDictError("backbone.conv1.weight is not a tensor")
     return {
         "arch": arch,
         "width": int(state["backbone.conv1.weight"].shape[0]),
@@ -213,9 +222,38 @@ def infer_resnet_config(state: Mapping[str, torch.Tensor]) -> dict:
     }
 
 
+def _check_fits(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+    """Raise :class:`SSCDStateDictError` (one line) if ``state`` does not fit ``model`` exactly:
+    ``load_state_dict``'s own error spans many lines and lists every key."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    not_tensors = sorted(k for k in set(expected) & set(state) if not torch.is_tensor(state[k]))
+    wrong_shape = sorted(
+        k
+        for k in set(expected) & set(state)
+        if torch.is_tensor(state[k]) and state[k].shape != expected[k].shape
+    )
+    problems = [
+        f"{label} {len(keys)} key(s), e.g. {keys[:3]}"
+        for label, keys in (
+            ("missing", missing),
+            ("unexpected", unexpected),
+            ("non-tensor value for", not_tensors),
+            ("wrong shape for", wrong_shape),
+        )
+        if keys
+    ]
+    if problems:
+        raise SSCDStateDictError(
+            f"the state dict does not fit an SSCD {model.arch}: " + "; ".join(problems)
+        )
+
+
 def load_sscd_state_dict(state: Mapping[str, torch.Tensor]) -> SSCDModel:
     """Build the SSCD model that fits ``state`` and load it strictly."""
     state = sscd_state_dict(state)
     model = SSCDModel(**infer_resnet_config(state))
+    _check_fits(model, state)
     model.load_state_dict(state, strict=True)
     return model

@@ -1,7 +1,9 @@
-"""SSCD model: torchvision key layout (strict loads), GeM, L2 output, TorchScript round trip."""
+"""SSCD model: torchvision key layout (strict loads), the forward pass against a functional
+reference, GeM, L2 output, TorchScript round trip."""
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from curation.models.embedder import is_torchscript_file, load_embedder
 from curation.models.sscd import (
@@ -122,3 +124,105 @@ def test_torchscript_file_from_our_model_gives_the_same_embeddings(tmp_path):
         assert from_script.dim == from_state.dim == 128
         assert torch.allclose(from_script.model(x), expected, atol=1e-5)
         assert torch.allclose(from_state.model(x), expected, atol=1e-6)
+
+
+# ---------------------------------------------------------------- independent functional reference
+def reference_sscd_forward(state: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """SSCD's descriptor written out with ``torch.nn.functional`` over a state dict, following
+    torchvision's ResNet (v1.5: a downsampling block strides its 3x3 convolution ``conv2`` and its
+    1x1 ``downsample.0``, never the 1x1 ``conv1``), eval-mode BatchNorm (eps 1e-5), GeM with p = 3
+    (clamp at 1e-6, cube, spatial mean, cube root), ``fc`` and L2 normalisation."""
+
+    def conv(name, t, stride=1):
+        weight = state[f"{name}.weight"]
+        return F.conv2d(t, weight, stride=stride, padding=weight.shape[-1] // 2)
+
+    def bn(name, t):
+        return F.batch_norm(
+            t,
+            state[f"{name}.running_mean"],
+            state[f"{name}.running_var"],
+            state[f"{name}.weight"],
+            state[f"{name}.bias"],
+            training=False,
+            eps=1e-5,
+        )
+
+    t = F.relu(bn("backbone.bn1", conv("backbone.conv1", x, stride=2)))
+    t = F.max_pool2d(t, kernel_size=3, stride=2, padding=1)
+    for layer in range(1, 5):
+        index = 0
+        while f"backbone.layer{layer}.{index}.conv1.weight" in state:
+            b = f"backbone.layer{layer}.{index}"
+            stride = 2 if layer > 1 and index == 0 else 1
+            if f"{b}.conv3.weight" in state:  # bottleneck
+                out = F.relu(bn(f"{b}.bn1", conv(f"{b}.conv1", t)))
+                out = F.relu(bn(f"{b}.bn2", conv(f"{b}.conv2", out, stride)))
+                out = bn(f"{b}.bn3", conv(f"{b}.conv3", out))
+            else:  # basic block: the first 3x3 strides
+                out = F.relu(bn(f"{b}.bn1", conv(f"{b}.conv1", t, stride)))
+                out = bn(f"{b}.bn2", conv(f"{b}.conv2", out))
+            if f"{b}.downsample.0.weight" in state:
+                t = bn(f"{b}.downsample.1", conv(f"{b}.downsample.0", t, stride))
+            t = F.relu(out + t)
+            index += 1
+    pooled = t.clamp(min=1e-6).pow(3.0).mean(dim=(2, 3)).pow(1.0 / 3.0)
+    projected = F.linear(pooled, state["backbone.fc.weight"], state["backbone.fc.bias"])
+    return projected / projected.pow(2).sum(dim=1, keepdim=True).sqrt()
+
+
+def randomised(state: dict[str, torch.Tensor], generator: torch.Generator) -> dict:
+    """Every float tensor redrawn in float64, with BatchNorm statistics far from (0, 1) so that a
+    BatchNorm skipped, misplaced or run in training mode changes the output."""
+    out = {}
+    for key, value in state.items():
+        if not value.is_floating_point():
+            out[key] = value
+            continue
+        shape = value.shape
+        if key.endswith("running_mean"):
+            new = 0.5 * torch.randn(shape, generator=generator, dtype=torch.float64)
+        elif key.endswith("running_var"):
+            new = 0.25 + 2 * torch.rand(shape, generator=generator, dtype=torch.float64)
+        elif key.endswith(".bias"):
+            new = 0.2 * torch.randn(shape, generator=generator, dtype=torch.float64)
+        elif value.dim() == 1:  # BatchNorm scale
+            new = 0.5 + torch.rand(shape, generator=generator, dtype=torch.float64)
+        else:  # fan-in scaled, so activations neither vanish nor explode through 50 layers
+            fan_in = value[0].numel()
+            new = torch.randn(shape, generator=generator, dtype=torch.float64) / fan_in**0.5
+        out[key] = new
+    return out
+
+
+@pytest.mark.parametrize(
+    ("arch", "width", "dim"),
+    [("resnet50", 64, 512), ("resnet18", 16, 32)],
+)
+def test_forward_matches_functional_torchvision_v1_5_reference_in_float64(
+    arch, width, dim, request
+):
+    generator = torch.Generator().manual_seed(3)
+    if arch == "resnet50":  # the released layout, keys from torchvision's list (not our module)
+        template = request.getfixturevalue("torchvision_state")
+    else:
+        template = SSCDModel(arch, dim=dim, width=width).state_dict()
+    state = randomised(template, generator)
+    model = load_sscd_state_dict(state).double().eval()
+    assert model.arch == arch
+    model.load_state_dict(state)  # again, now that the model holds float64: no float32 rounding
+    # 64 x 80: the grid goes 32x40 -> 16x20 -> 8x10 -> 4x5 -> 2x3 (an odd side included), so a
+    # stride moved between convolutions or a padding changed shows.
+    x = torch.randn(2, 3, 64, 80, generator=generator, dtype=torch.float64)
+    with torch.no_grad():
+        out = model(x)
+        expected = reference_sscd_forward(state, x)
+    assert out.dtype == torch.float64
+    assert out.shape == (2, dim)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-9)
+    # guards against a degenerate reference: the two images differ, and (checked on the small
+    # variant, to keep the test fast) BatchNorm's running statistics matter
+    assert (expected[0] - expected[1]).abs().max() > 1e-3
+    if arch == "resnet18":
+        with torch.no_grad():
+            assert (model.train()(x) - expected).abs().max() > 1e-3
