@@ -33,6 +33,11 @@ class Preprocessing:
     ``resize``: ``square`` (``size`` x ``size``, aspect ratio not kept), ``short_side`` (short
     edge to ``size``, aspect kept: images of different shapes cannot share a batch) or
     ``center_crop`` (short edge to ``size * 8 / 7``, then a centred ``size`` square).
+
+    Sizes: the long edge is scaled by the short edge's factor and rounded to the nearest pixel
+    (each side to the nearest ``multiple_of``; torchvision's ``Resize`` truncates instead, at most
+    one pixel apart); a crop with an odd margin starts at ``margin // 2``. Resizing is Pillow's
+    antialiased bilinear (bicubic for ``center_crop``, as DINOv2's evaluation transform).
     """
 
     size: int = 288
