@@ -19,14 +19,19 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
+import re
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from curation.config import ConfigError
 from curation.models.descriptor import descriptor_from_checkpoint, is_descriptor_checkpoint
 from curation.models.preprocess import Preprocessing
 from curation.models.retrieval import build_retrieval_embedder, is_vit_arch
@@ -39,8 +44,74 @@ FILE_MODELS = ("descriptor", "torchscript")
 INIT_SEED = 0
 
 
-class EmbedderError(ValueError):
-    """The model name or checkpoint cannot make an embedder; the message says what would."""
+T = TypeVar("T")
+
+
+class EmbedderError(ConfigError):
+    """The model name or checkpoint cannot make an embedder; the message says what would.
+
+    A :class:`~curation.config.ConfigError` (so a ``ValueError``): the CLI prints it as one line.
+    """
+
+
+class CheckpointError(EmbedderError):
+    """A checkpoint file that cannot be read, or whose contents fit no model we build; the message
+    (one line) names the file and the problem."""
+
+
+# What reading a damaged file or fitting a foreign payload raises: torch.load (UnpicklingError from
+# the weights-only unpickler, RuntimeError from the zip reader, EOFError on an empty file),
+# load_state_dict (RuntimeError), and our own format checks (ValueError subclasses).
+_CHECKPOINT_FAILURES = (
+    pickle.UnpicklingError,
+    EOFError,
+    RuntimeError,
+    ValueError,
+    KeyError,
+    TypeError,
+    AttributeError,
+    IndexError,
+    zipfile.BadZipFile,
+)
+
+
+def _first_line(exc: BaseException, limit: int = 200) -> str:
+    """A short, one-line version of ``exc``'s message (torch's run to several paragraphs)."""
+    text = str(exc)
+    reason = re.search(r"Unsupported .*", text)  # the weights-only unpickler's actual reason
+    if isinstance(exc, pickle.UnpicklingError) and reason:
+        text = reason.group(0)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    # "Error(s) in loading state_dict for X:" says what failed on the next line
+    text = " ".join(lines[:2]) if lines[0].endswith(":") and len(lines) > 1 else lines[0]
+    text = re.split(r"\.\s+(?=[A-Z(])", text)[0]  # the first sentence
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _checkpoint_step(path: Path, what: str, step: Callable[[], T]) -> T:
+    """Run ``step`` (reading or fitting ``path``); turn its failure into a :class:`CheckpointError`."""
+    try:
+        return step()
+    except _CHECKPOINT_FAILURES as exc:
+        if isinstance(exc, CheckpointError):
+            raise
+        raise CheckpointError(
+            f"checkpoint {path}: {what} ({type(exc).__name__}: {_first_line(exc)})"
+        ) from exc
+
+
+def _read_checkpoint(path: Path) -> Any:
+    """``torch.load`` (weights only) with one-line errors for empty, truncated or foreign files."""
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path}: the file is empty (0 bytes)")
+    return _checkpoint_step(
+        path,
+        "not a readable torch checkpoint (corrupt, truncated, or holding objects other than "
+        "tensors and plain containers)",
+        lambda: torch.load(path, map_location="cpu", weights_only=True),
+    )
 
 
 @dataclass
@@ -85,15 +156,35 @@ def _seeded(build):
 
 def _load_file_model(path: Path) -> tuple[nn.Module, dict]:
     """A model from a checkpoint file of any supported kind, and what the file says about it."""
-    if is_torchscript_file(path):
-        return _Normalized(torch.jit.load(str(path), map_location="cpu")), {"kind": "torchscript"}
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+    if _checkpoint_step(path, "unreadable zip archive", lambda: is_torchscript_file(path)):
+        script = _checkpoint_step(
+            path,
+            "a damaged TorchScript archive",
+            lambda: torch.jit.load(str(path), map_location="cpu"),
+        )
+        return _Normalized(script), {"kind": "torchscript"}
+    payload = _read_checkpoint(path)
     if is_descriptor_checkpoint(payload):
-        return descriptor_from_checkpoint(payload), {"kind": "descriptor", **payload["inference"]}
+        model = _checkpoint_step(
+            path,
+            "an lvd descriptor checkpoint that does not rebuild",
+            lambda: descriptor_from_checkpoint(payload),
+        )
+        return model, {"kind": "descriptor", **payload.get("inference", {})}
     if isinstance(payload, dict):
         state = payload.get("state_dict", payload)
-        return load_sscd_state_dict(state), {"kind": "sscd_state_dict"}
-    raise EmbedderError(f"{path}: neither TorchScript, a descriptor checkpoint nor a state dict")
+        if not isinstance(state, dict):
+            raise CheckpointError(f"checkpoint {path}: 'state_dict' holds a {type(state).__name__}")
+        model = _checkpoint_step(
+            path,
+            "not an SSCD (torchvision-layout ResNet) state dict",
+            lambda: load_sscd_state_dict(state),
+        )
+        return model, {"kind": "sscd_state_dict"}
+    raise CheckpointError(
+        f"checkpoint {path}: holds a {type(payload).__name__}, not TorchScript, an lvd descriptor "
+        "checkpoint or a state dict"
+    )
 
 
 def _probe_dim(model: nn.Module, prep: Preprocessing) -> int:
@@ -139,7 +230,14 @@ def load_embedder(
     elif is_vit_arch(model):
         if path is None:
             logger.warning("%s without a checkpoint: random (seeded) weights", model)
-        net = _seeded(lambda: build_retrieval_embedder(model, path, use_patch_tokens))
+
+        def build() -> nn.Module:
+            return _seeded(lambda: build_retrieval_embedder(model, path, use_patch_tokens))
+
+        if path is None:
+            net = build()
+        else:
+            net = _checkpoint_step(path, f"not a {model} backbone checkpoint", build)
         default_size, default_resize = 224, "center_crop"
         multiple_of, is_convnet = net.patch_size, False
     else:
