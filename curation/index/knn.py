@@ -1,0 +1,366 @@
+"""Pairs of vectors above a cosine threshold among each vector's k nearest neighbours.
+
+The copy-detection step of DINOv2's LVD-142M curation (arXiv 2304.07193, and SPEC.md section 1):
+SSCD descriptors, cosine similarity, k = 64 nearest neighbours per image, edges with
+similarity > 0.6 (0.45 between the pool and evaluation sets). Cosine is the inner product of
+L2-normalised vectors. The index is faiss: exact ``IndexFlatIP`` up to ``exact_limit`` vectors,
+IVF-Flat above it (IVF-PQ when ``pq_bytes`` is set, its candidates re-ranked exactly), trained on a
+seeded sample, on a GPU when faiss has one. Queries run in batches, so no n x n matrix is ever held.
+
+Every similarity returned is recomputed from the vectors by :func:`pair_similarities` (a float64
+sum rounded to float32), whatever index found the pair: the value of a pair does not depend on the
+index, the batch or the partition that found it, so in-process, Ray and Spark runs agree bit for bit.
+The threshold is strict and compared in float32, the precision of the similarities.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from schemas import DEDUP_EDGE_SCHEMA
+
+log = logging.getLogger(__name__)
+
+IndexKind = Literal["auto", "flat", "ivf", "ivfpq"]
+INDEX_KINDS = ("auto", "flat", "ivf", "ivfpq")
+_PAIR_CHUNK = 32_768  # pairs per gather (x d float64: 128 MiB at d = 512)
+_MIN_POINTS_PER_CENTROID = 39  # faiss warns below this many training points per centroid
+
+
+def normalized(vectors: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm, as C-contiguous float32 (no copy when they already are).
+
+    All-zero rows stay zero: their similarity to anything is 0, so they never pair.
+    """
+    x = np.asarray(vectors)
+    if x.ndim != 2:
+        raise ValueError(f"vectors must be a 2-d (n, d) array, got shape {x.shape}")
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=1)
+    if np.all(np.abs(norms - 1.0) < 1e-5):
+        return x
+    norms[norms == 0] = 1.0
+    return np.ascontiguousarray(x / norms[:, None], dtype=np.float32)
+
+
+def pair_similarities(x: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """float32 inner products ``x[i] . x[j]`` (summed in float64, so independent of batching)."""
+    out = np.empty(len(i), dtype=np.float32)
+    for start in range(0, len(i), _PAIR_CHUNK):
+        a = x[i[start : start + _PAIR_CHUNK]].astype(np.float64)
+        b = x[j[start : start + _PAIR_CHUNK]]
+        out[start : start + _PAIR_CHUNK] = np.einsum("ij,ij->i", a, b)
+    return out
+
+
+def _cross_similarities(queries: np.ndarray, refs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """``queries[r] . refs[labels[r, c]]`` for every cell, like :func:`pair_similarities`."""
+    rows = np.repeat(np.arange(len(labels)), labels.shape[1])
+    sims = np.full(labels.size, -np.inf, dtype=np.float32)
+    flat = labels.reshape(-1)
+    valid = np.flatnonzero(flat >= 0)
+    for start in range(0, len(valid), _PAIR_CHUNK):
+        cells = valid[start : start + _PAIR_CHUNK]
+        a = queries[rows[cells]].astype(np.float64)
+        sims[cells] = np.einsum("ij,ij->i", a, refs[flat[cells]])
+    return sims.reshape(labels.shape)
+
+
+def default_nlist(n: int) -> int:
+    """Inverted lists for ``n`` vectors: the power of two nearest sqrt(n) (1,024 for 1M)."""
+    return max(1, 2 ** round(math.log2(max(1.0, math.sqrt(n)))))
+
+
+def gpu_wanted(use_gpu: bool | None) -> bool:
+    """Whether to run on a GPU: when faiss sees one, unless ``use_gpu`` is False."""
+    import faiss
+
+    available = hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+    if use_gpu and not available:
+        raise RuntimeError(
+            "use_gpu=True but this faiss sees no GPU: install the [gpu] extra (faiss-gpu) on a "
+            "machine with a CUDA device, or pass use_gpu=None to fall back to the CPU"
+        )
+    return available if use_gpu is None else bool(use_gpu)
+
+
+def train_centroids(
+    sample: np.ndarray,
+    n_centroids: int,
+    *,
+    seed: int = 0,
+    iterations: int = 10,
+    use_gpu: bool = False,
+) -> np.ndarray:
+    """Spherical k-means (unit-norm centroids, for inner-product assignment) on a sample."""
+    import faiss
+
+    sample = normalized(sample)
+    if not 1 <= n_centroids <= len(sample):
+        raise ValueError(f"need 1 <= n_centroids <= {len(sample)} (the sample), got {n_centroids}")
+    kmeans = faiss.Kmeans(
+        sample.shape[1],
+        n_centroids,
+        niter=iterations,
+        seed=seed,
+        spherical=True,
+        gpu=use_gpu,
+        min_points_per_centroid=1,
+        max_points_per_centroid=max(256, -(-len(sample) // n_centroids)),
+    )
+    kmeans.train(sample)
+    return np.ascontiguousarray(kmeans.centroids, dtype=np.float32)
+
+
+def _resolve_kind(n: int, index: str, exact_limit: int, pq_bytes: int | None) -> str:
+    if index not in INDEX_KINDS:
+        raise ValueError(f"index must be one of {INDEX_KINDS}, got {index!r}")
+    if index != "auto":
+        return index
+    if n <= exact_limit:
+        return "flat"
+    return "ivf" if pq_bytes is None else "ivfpq"
+
+
+def _sample(x: np.ndarray, size: int, seed: int) -> np.ndarray:
+    if size >= len(x):
+        return x
+    rows = np.random.default_rng(seed).choice(len(x), size=size, replace=False)
+    return x[np.sort(rows)]
+
+
+class _Index:
+    """A faiss index over ``refs`` (unit rows), on the GPU when asked; keeps its GPU resources."""
+
+    def __init__(
+        self,
+        refs: np.ndarray,
+        kind: str,
+        *,
+        nlist: int | None,
+        nprobe: int,
+        pq_bytes: int | None,
+        train_size: int,
+        train_iterations: int,
+        seed: int,
+        batch: int,
+        gpu: bool,
+    ):
+        import faiss
+
+        n, d = refs.shape
+        self.kind = kind
+        self.resources = None
+        if kind == "flat":
+            index = faiss.IndexFlatIP(d)
+        else:
+            sample = _sample(refs, train_size, seed)
+            nlist = nlist or default_nlist(n)
+            nlist = max(1, min(nlist, len(sample) // _MIN_POINTS_PER_CENTROID or 1))
+            centroids = train_centroids(
+                sample, nlist, seed=seed, iterations=train_iterations, use_gpu=gpu
+            )
+            quantizer = faiss.IndexFlatIP(d)
+            quantizer.add(centroids)  # a trained, full quantizer: IVF training skips k-means
+            if kind == "ivf":
+                index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+            else:
+                if not pq_bytes or d % pq_bytes:
+                    raise ValueError(
+                        f"pq_bytes must divide the dimension {d} (one byte per sub-vector), "
+                        f"got {pq_bytes}"
+                    )
+                index = faiss.IndexIVFPQ(
+                    quantizer, d, nlist, pq_bytes, 8, faiss.METRIC_INNER_PRODUCT
+                )
+            index.train(sample)
+            index.nprobe = min(nprobe, nlist)
+            self.quantizer = quantizer  # the IVF index does not own it
+            log.info("%s index: nlist=%d nprobe=%d over %d vectors", kind, nlist, index.nprobe, n)
+        if gpu:
+            self.resources = faiss.StandardGpuResources()
+            index = faiss.index_cpu_to_gpu(self.resources, 0, index)
+        for start in range(0, n, batch):
+            index.add(refs[start : start + batch])
+        self.index = index
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.index.search(queries, k)
+
+
+def _top_pairs(
+    labels: np.ndarray,
+    sims: np.ndarray,
+    rows: np.ndarray | None,
+    k: int,
+    threshold: np.float32,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(row, column) cells of the first ``k`` valid neighbours per row above the threshold.
+
+    A neighbour is valid when found (label >= 0) and, for a self search, not the row itself.
+    """
+    valid = labels >= 0
+    if rows is not None:
+        valid &= labels != rows[:, None]
+    valid &= np.cumsum(valid, axis=1) <= k
+    valid &= sims > threshold
+    r, c = np.nonzero(valid)
+    return r, c, labels[r, c]
+
+
+def knn_pairs(
+    vectors: np.ndarray,
+    k: int,
+    threshold: float,
+    *,
+    index: IndexKind = "auto",
+    exact_limit: int = 200_000,
+    nlist: int | None = None,
+    nprobe: int = 16,
+    pq_bytes: int | None = None,
+    train_size: int = 100_000,
+    train_iterations: int = 10,
+    batch: int = 16_384,
+    seed: int = 0,
+    use_gpu: bool | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(i, j, similarity)``: each pair once, ``i < j``, sorted, cosine > ``threshold``, where
+    ``j`` is among the ``k`` nearest neighbours of ``i`` (self excluded) or ``i`` among those of ``j``.
+
+    ``index``: "flat" (exact), "ivf" (IVF-Flat), "ivfpq" (IVF-PQ with ``pq_bytes`` bytes a code;
+    the k candidates of each query are re-ranked exactly) or "auto" (flat up to ``exact_limit``
+    vectors, else IVF-PQ when ``pq_bytes`` is set, else IVF-Flat). IVF settings: ``nlist`` lists
+    (default :func:`default_nlist`, capped so every centroid has 39 training points), ``nprobe``
+    lists searched per query, k-means on ``train_size`` rows sampled with ``seed``.
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    x = normalized(vectors)
+    n = len(x)
+    empty = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))
+    if n < 2:
+        return empty
+    kind = _resolve_kind(n, index, exact_limit, pq_bytes)
+    built = _Index(
+        x,
+        kind,
+        nlist=nlist,
+        nprobe=nprobe,
+        pq_bytes=pq_bytes,
+        train_size=train_size,
+        train_iterations=train_iterations,
+        seed=seed,
+        batch=batch,
+        gpu=gpu_wanted(use_gpu),
+    )
+    k = min(k, n - 1)
+    cut = np.float32(threshold)
+    found_i, found_j = [], []
+    for start in range(0, n, batch):
+        queries = x[start : start + batch]
+        sims, labels = built.search(queries, min(k + 1, n))  # +1: the query itself
+        if kind == "ivfpq":
+            sims = _cross_similarities(queries, x, labels)
+            order = np.argsort(-sims, axis=1, kind="stable")
+            sims = np.take_along_axis(sims, order, axis=1)
+            labels = np.take_along_axis(labels, order, axis=1)
+        rows = np.arange(start, start + len(queries))
+        r, _, j = _top_pairs(labels, sims, rows, k, cut)
+        i = rows[r]
+        found_i.append(np.minimum(i, j))
+        found_j.append(np.maximum(i, j))
+    if not found_i:
+        return empty
+    codes = np.unique(np.concatenate(found_i) * n + np.concatenate(found_j))
+    i, j = codes // n, codes % n
+    sim = pair_similarities(x, i, j)
+    keep = sim > cut  # the recomputed value decides, whatever rounding the index did
+    return i[keep], j[keep], sim[keep]
+
+
+def cross_pairs(
+    queries: np.ndarray,
+    references: np.ndarray,
+    k: int,
+    threshold: float,
+    *,
+    index: IndexKind = "auto",
+    exact_limit: int = 200_000,
+    nlist: int | None = None,
+    nprobe: int = 16,
+    pq_bytes: int | None = None,
+    train_size: int = 100_000,
+    train_iterations: int = 10,
+    batch: int = 16_384,
+    seed: int = 0,
+    use_gpu: bool | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(query_index, reference_index, similarity)`` sorted: each query's ``k`` nearest
+    references with cosine > ``threshold`` (decontamination: pool images against an evaluation
+    set). The index is built over ``references``; settings as in :func:`knn_pairs`."""
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    q = normalized(queries)
+    refs = normalized(references)
+    empty = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))
+    if len(q) == 0 or len(refs) == 0:
+        return empty
+    if q.shape[1] != refs.shape[1]:
+        raise ValueError(f"queries are {q.shape[1]}-d but references {refs.shape[1]}-d")
+    kind = _resolve_kind(len(refs), index, exact_limit, pq_bytes)
+    built = _Index(
+        refs,
+        kind,
+        nlist=nlist,
+        nprobe=nprobe,
+        pq_bytes=pq_bytes,
+        train_size=train_size,
+        train_iterations=train_iterations,
+        seed=seed,
+        batch=batch,
+        gpu=gpu_wanted(use_gpu),
+    )
+    k = min(k, len(refs))
+    cut = np.float32(threshold)
+    out_q, out_r, out_s = [], [], []
+    for start in range(0, len(q), batch):
+        block = q[start : start + batch]
+        _, labels = built.search(block, k)
+        sims = _cross_similarities(block, refs, labels)  # exact, whatever the index
+        r, c, ref = _top_pairs(labels, sims, None, k, cut)
+        out_q.append(r + start)
+        out_r.append(ref)
+        out_s.append(sims[r, c])
+    qi, ri, sim = np.concatenate(out_q), np.concatenate(out_r), np.concatenate(out_s)
+    order = np.lexsort((ri, qi))
+    return qi[order].astype(np.int64), ri[order].astype(np.int64), sim[order]
+
+
+def edges_table(keys, i: np.ndarray, j: np.ndarray, sim: np.ndarray) -> pa.Table:
+    """DEDUP_EDGE rows for index pairs over ``keys`` (distinct strings): ``src_key < dst_key`` by
+    key order, sorted by (src_key, dst_key)."""
+    keys = keys if isinstance(keys, pa.Array | pa.ChunkedArray) else pa.array(keys, pa.string())
+    if isinstance(keys, pa.ChunkedArray):
+        keys = keys.combine_chunks()
+    if pc.count_distinct(keys).as_py() != len(keys):
+        raise ValueError("edges_table needs distinct keys: deduplicate keys before searching")
+    if np.any(np.asarray(i) == np.asarray(j)):
+        raise ValueError("a pair joins a vector to itself")
+    a = pc.take(keys, pa.array(np.asarray(i, dtype=np.int64)))
+    b = pc.take(keys, pa.array(np.asarray(j, dtype=np.int64)))
+    swap = pc.greater(a, b)
+    table = pa.table(
+        {
+            "src_key": pc.if_else(swap, b, a),
+            "dst_key": pc.if_else(swap, a, b),
+            "similarity": pa.array(np.asarray(sim, dtype=np.float32), pa.float32()),
+        },
+        schema=DEDUP_EDGE_SCHEMA,
+    )
+    return table.sort_by([("src_key", "ascending"), ("dst_key", "ascending")])
