@@ -1,16 +1,19 @@
-"""Helpers of the download stage (``curation/stages/download.py``), one concern per module:
+"""Helpers of the download job (:mod:`curation.jobs.download`), one concern per module:
 
 - ``config``: :class:`DownloadConfig` and the download folder layout;
 - ``url_lists``: reading URL lists (parquet, csv, tsv, jsonl, gzipped or not);
 - ``hosts``: host round-robin ordering;
-- ``safety`` / ``guard``: refusing private addresses and non-http(s) schemes, at plan time and in
-  the download workers at connection time;
+- ``network_guard``: the network policy (private addresses and non-http(s) schemes refused), checked
+  at plan time and again in the download workers at connection time (redirects, response sizes);
 - ``plan``: the frozen URL plan (shards, keys, resume signature);
-- ``img2dataset_job`` / ``guarded_downloader``: running img2dataset on a plan;
+- ``img2dataset_job``: running img2dataset on a plan; ``guarded_downloader``: its downloader and
+  progress logger subclassed (kept apart because it imports img2dataset, which is slow);
+- ``kill_points``: named points where a test makes the driver SIGKILL itself;
 - ``shards``: img2dataset's raw shards to DOWNLOADED_SAMPLE and ENCODED_IMAGE parts;
 - ``retry``: ``--retry-failed``, merged back under the original keys;
-- ``blobs``: reading a stored image's bytes back;
-- ``names``: file and member names that cannot escape their folder.
+
+Reading stored bytes back and indexing tars live in :mod:`curation.readers`; safe file and member
+names in :mod:`curation.safe_names`.
 
 Resume: rerunning the same ``lvd download`` command resumes at shard level. It is refused (a
 ``DownloadResumeError`` naming what changed) if the URL list's content or any setting that shapes

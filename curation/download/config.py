@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
+from curation.config import check_choices
+from curation.download.network_guard import parse_networks
 from curation.imaging import DEFAULT_MAX_PIXELS
 
 # X-Robots-Tag directives that opt an image out of AI training or indexing (img2dataset's default).
@@ -25,15 +28,15 @@ class DownloadConfig:
     # Other columns travel with each sample (tar .json, raw parquet).
     keep_extra_columns: bool = True
     # Output, as img2dataset writes it.
-    output_format: str = "webdataset"  # webdataset | parquet
+    output_format: Literal["webdataset", "parquet"] = "webdataset"
     number_sample_per_shard: int = 10_000
     # Image handling. The default keeps the served bytes untouched: nothing is decoded until
     # ingest, which decodes with a pixel limit. Any resize or size filter makes img2dataset decode.
-    resize_mode: str = "no"  # no | keep_ratio | keep_ratio_largest | center_crop | border
+    resize_mode: Literal["no", "keep_ratio", "keep_ratio_largest", "center_crop", "border"] = "no"
     image_size: int = 256  # used only when resize_mode is not "no"
     resize_only_if_bigger: bool = False
     skip_reencode: bool = True  # re-encode only if needed (format differs, alpha, resized)
-    encode_format: str = "jpg"  # jpg | png | webp
+    encode_format: Literal["jpg", "png", "webp"] = "jpg"
     encode_quality: int = 95
     min_image_size: int = 0
     max_aspect_ratio: float | None = None
@@ -50,8 +53,17 @@ class DownloadConfig:
     disallowed_header_directives: tuple[str, ...] = OPT_OUT_DIRECTIVES  # () honours none
     # What img2dataset lacks.
     host_round_robin: bool = True
-    allow_private_networks: bool = False
+    # True: fetch from any address; a list of networks (["10.0.0.0/8", "127.0.0.1"]): from those
+    # too; False: only from globally routable addresses (see curation/download/network_guard.py).
+    allow_private_networks: bool | tuple[str, ...] = False
     retry_statuses: tuple[str, ...] = ("failed_to_download",)
+
+    def __post_init__(self):
+        check_choices(self)
+        if not isinstance(self.allow_private_networks, bool):
+            networks = tuple(str(n) for n in self.allow_private_networks)
+            parse_networks(networks)  # a typo fails when the config is built
+            object.__setattr__(self, "allow_private_networks", networks)
 
 
 def needs_decode(settings: DownloadConfig) -> bool:
@@ -77,7 +89,9 @@ def resume_signature(settings: DownloadConfig) -> dict:
         "keep_extra_columns": settings.keep_extra_columns,
         "number_sample_per_shard": settings.number_sample_per_shard,
         "host_round_robin": settings.host_round_robin,
-        "allow_private_networks": settings.allow_private_networks,
+        "allow_private_networks": settings.allow_private_networks
+        if isinstance(settings.allow_private_networks, bool)
+        else list(settings.allow_private_networks),  # as plan.json stores it
         "output_format": settings.output_format,
         "resize_mode": settings.resize_mode,
         "image_size": settings.image_size if settings.resize_mode != "no" else None,
@@ -96,25 +110,33 @@ def resume_signature(settings: DownloadConfig) -> dict:
 class DownloadLayout:
     """``runs/<name>/download/``::
 
-    _urls/            the URL plan: fetch/NNNNN.parquet (img2dataset's input), blocked.parquet
-    raw/              img2dataset's output as it writes it: NNNNN.tar, NNNNN.parquet,
-                      NNNNN_stats.json
-    samples/          DOWNLOADED_SAMPLE, one part per shard (every URL, with its status)
-    encoded/          ENCODED_IMAGE, one part per shard (downloaded images, by tar offset)
-    _shards/          per-shard conversion markers
-    retries/NNN/      one --retry-failed attempt (its own plan, raw output and merged tars)
-    stats.json, _SUCCESS
+    part-NNNNN.parquet  DOWNLOADED_SAMPLE, one part per shard (every URL, with its status), and
+                        blocked.parquet (URLs refused without a request): the stage's data, so
+                        the folder reads as one dataset (pyarrow, Spark)
+    _urls/              the URL plan: fetch/NNNNN.parquet (img2dataset's input), blocked.parquet
+    _raw/               img2dataset's output as it writes it: NNNNN.tar, NNNNN.parquet,
+                        NNNNN_stats.json
+    _encoded/           ENCODED_IMAGE, one part per shard (downloaded images, by tar offset):
+                        what ingest reads
+    _shards/            per-shard conversion markers
+    _retries/NNN/       one --retry-failed attempt (its own plan, raw output and merged tars)
+    _config.yaml, _stats.json, _SUCCESS
+
+    A download folder of the older layout (``samples/``, ``raw/``, ``encoded/``, ``retries/``,
+    ``config.yaml``) is read and resumed in place.
     """
 
     def __init__(self, root: Path):
         self.root = Path(root)
+        legacy = (self.root / "samples").is_dir()
         self.urls = self.root / "_urls"
-        self.raw = self.root / "raw"
-        self.samples = self.root / "samples"
-        self.encoded = self.root / "encoded"
+        self.raw = self.root / ("raw" if legacy else "_raw")
+        self.samples = self.root / "samples" if legacy else self.root
+        self.encoded = self.root / ("encoded" if legacy else "_encoded")
         self.markers = self.root / "_shards"
-        self.retries = self.root / "retries"
-        self.config = self.root / "config.yaml"  # the config the download ran with
+        self.retries = self.root / ("retries" if legacy else "_retries")
+        # the config the download ran with
+        self.config = self.root / ("config.yaml" if legacy else "_config.yaml")
 
     def part(self, directory: Path, shard_id: int) -> Path:
         return directory / f"part-{shard_id:05d}.parquet"

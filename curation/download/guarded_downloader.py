@@ -1,6 +1,10 @@
-"""img2dataset's per-shard downloader, made safe to run on URLs from the open web.
+"""img2dataset's per-shard downloader and progress logger, subclassed to be safe and to die with
+the driver.
 
-Imported only inside download workers (it imports img2dataset, which is slow to import).
+A module of its own, apart from :mod:`curation.download.network_guard`, because it imports
+img2dataset (slow: OpenCV, albumentations): only download workers and :func:`run_img2dataset
+<curation.download.img2dataset_job.run_img2dataset>` import it, while the plan-time half of the
+guard is imported by every ``lvd download``.
 """
 
 from __future__ import annotations
@@ -8,15 +12,17 @@ from __future__ import annotations
 import ctypes
 import fcntl
 import logging
+import os
 import signal
 import sys
+import threading
 from pathlib import Path
 
 from img2dataset.downloader import Downloader
 from img2dataset.logger import LoggerProcess
 
-from curation.download.guard import install_guard
-from curation.download.safety import NetworkPolicy
+from curation.download.kill_points import kill_point
+from curation.download.network_guard import NetworkPolicy, install_guard
 
 logger = logging.getLogger(__name__)
 
@@ -73,18 +79,51 @@ def wait_for_orphan_workers(shard_lock: Path, timeout: float = 3600.0) -> None:
         fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-class GuardedLoggerProcess(LoggerProcess):
-    """img2dataset's progress logger, which otherwise polls forever once its driver is killed.
+ORPHAN_POLL_SECONDS = 1.0
 
-    On Linux it asks to be SIGKILLed when the driver dies (prctl PR_SET_PDEATHSIG). It is started
-    from the driver's main thread and shares no lock the driver waits on, so this is safe; pool
-    workers must not do the same (a worker killed inside the pool's queue lock hangs the pool).
+
+def _exit_when_orphaned(driver_pid: int) -> None:
+    """Make this process end when the driver that started it dies, however it dies.
+
+    On Linux, prctl(PR_SET_PDEATHSIG) has the kernel SIGKILL us when the driver dies. It only
+    covers a death *after* the call, and a spawned child reaches this point after importing
+    img2dataset (seconds): a driver killed meanwhile leaves us already reparented, so the parent
+    pid is checked right after the call. A thread that polls the parent pid covers the rest
+    (other platforms, a parent-death signal lost to a subreaper).
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != driver_pid:
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == driver_pid:
+            threading.Event().wait(ORPHAN_POLL_SECONDS)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="lvd-orphan-watch", daemon=True).start()
+
+
+class GuardedLoggerProcess(LoggerProcess):
+    """img2dataset's progress logger, which otherwise polls forever once its driver is killed
+    (its stop message never comes): it exits as soon as the driver is gone.
+
+    It is started from the driver's main thread and shares no lock the driver waits on, so dying
+    abruptly is safe; pool workers must not do the same (a worker killed inside the pool's queue
+    lock hangs the pool).
     """
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.driver_pid = os.getpid()  # pickled into the spawned child
+
+    def start(self):
+        super().start()
+        kill_point("logger_started")
+
     def run(self):
-        if sys.platform.startswith("linux"):
-            try:
-                ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-            except (OSError, AttributeError):
-                pass
+        _exit_when_orphaned(self.driver_pid)
         return super().run()

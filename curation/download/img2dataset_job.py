@@ -3,7 +3,9 @@
 img2dataset has no hook for address checks, so for the duration of the call
 :func:`run_img2dataset` has it build its ``Downloader`` as our
 :class:`~curation.download.guarded_downloader.GuardedDownloader` (a subclass that installs the
-connection guard in each worker) and its ``LoggerProcess`` as one that dies with the driver.
+connection guard in each worker) and its ``LoggerProcess`` as one that dies with the driver
+(and that we stop ourselves if img2dataset raises before joining it). The distributor
+(``multiprocessing``, ``ray``, ``pyspark``) is the engine's ``img2dataset_distributor``.
 """
 
 from __future__ import annotations
@@ -18,25 +20,13 @@ from pathlib import Path
 
 from curation.config import ConfigError
 from curation.download.config import DownloadConfig, needs_decode
-from curation.download.safety import NetworkPolicy
+from curation.download.kill_points import kill_point
+from curation.download.network_guard import NetworkPolicy
 from curation.download.url_lists import column_in_plan
 
 logger = logging.getLogger(__name__)
 
-# Engine name -> img2dataset distributor. Ray: the engine has already called ray.init().
-DISTRIBUTORS = {"local": "multiprocessing", "ray": "ray", "spark": "pyspark"}
-RESIZE_MODES = ("no", "keep_ratio", "keep_ratio_largest", "center_crop", "border")
-OUTPUT_FORMATS = ("webdataset", "parquet")
 SHARD_LOCK = ".shards.lock"
-
-
-def distributor_for(engine_name: str) -> str:
-    try:
-        return DISTRIBUTORS[engine_name]
-    except KeyError:
-        raise ConfigError(
-            f"no img2dataset distributor for engine {engine_name!r}; use one of {sorted(DISTRIBUTORS)}"
-        ) from None
 
 
 def _usable_cpus() -> int:
@@ -48,10 +38,7 @@ def _usable_cpus() -> int:
 
 def img2dataset_arguments(settings: DownloadConfig, extra_columns: list[str]) -> dict:
     """Keyword arguments of ``img2dataset.download`` for ``settings`` (input and output aside)."""
-    if settings.output_format not in OUTPUT_FORMATS:
-        raise ConfigError(f"download.output_format must be one of {OUTPUT_FORMATS}")
-    if settings.resize_mode not in RESIZE_MODES:
-        raise ConfigError(f"download.resize_mode must be one of {RESIZE_MODES}")
+    # output_format and resize_mode are Literal settings, checked when the config is built.
     verify = column_in_plan(settings.verify_sha256_col) if settings.verify_sha256_col else None
     if verify and verify not in extra_columns:
         raise ConfigError(
@@ -126,14 +113,26 @@ def _guarded_downloader(
             policy=policy, max_response_bytes=max_response_bytes, shard_lock=lock, **kwargs
         )
 
+    loggers: list[GuardedLoggerProcess] = []
+
+    def build_logger(*args, **kwargs):
+        loggers.append(GuardedLoggerProcess(*args, **kwargs))
+        return loggers[-1]
+
     original_logger = main_module.LoggerProcess
     main_module.Downloader = build
-    main_module.LoggerProcess = GuardedLoggerProcess
+    main_module.LoggerProcess = build_logger
     try:
         yield
     finally:
         main_module.Downloader = original
         main_module.LoggerProcess = original_logger
+        # img2dataset joins its logger only when it returns; if it raised, the logger would poll
+        # for as long as this process lives (a notebook, a job driver).
+        for process in loggers:
+            if process.pid is not None and process.is_alive():
+                process.terminate()
+                process.join(timeout=30)
 
 
 def run_img2dataset(
@@ -169,6 +168,7 @@ def run_img2dataset(
             img2dataset_main.download(
                 url_list=str(url_dir), output_folder=str(output_dir), **arguments
             )
+            kill_point("img2dataset_done")
         finally:
             # img2dataset installs a SIGINT handler that exits the process; put ours back.
             signal.signal(signal.SIGINT, previous_sigint)

@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 
 from curation.config import ConfigError
 from curation.download.hosts import round_robin_order, url_host
-from curation.download.safety import NetworkPolicy, check_urls
+from curation.download.network_guard import NetworkPolicy, check_urls
 from curation.io import read_json, write_bytes_atomic, write_json_atomic, write_parquet_atomic
 from schemas import DOWNLOADED_SAMPLE_SCHEMA
 

@@ -28,10 +28,10 @@ import pyarrow.parquet as pq
 
 from curation.download.config import DownloadLayout
 from curation.download.img2dataset_job import run_img2dataset
-from curation.download.names import member_name
+from curation.download.kill_points import kill_point
+from curation.download.network_guard import NetworkPolicy
 from curation.download.plan import UrlPlan, build_plan, load_plan, row_index
-from curation.download.safety import NetworkPolicy
-from curation.download.shards import STATUS_SUCCESS, finished_shards, shard_stem, tar_members
+from curation.download.shards import STATUS_SUCCESS, finished_shards, shard_stem
 from curation.io import (
     atomic_path,
     read_json,
@@ -39,6 +39,8 @@ from curation.io import (
     write_json_atomic,
     write_parquet_atomic,
 )
+from curation.readers.tar_index import tar_members
+from curation.safe_names import member_name
 from schemas import DOWNLOADED_SAMPLE_SCHEMA, ENCODED_IMAGE_SCHEMA
 
 logger = logging.getLogger(__name__)
@@ -247,6 +249,7 @@ def retry_failed(cfg, layout: DownloadLayout, distributor: str) -> dict | None:
                 pq.write_table(recovered, tmp)
         write_json_atomic(attempt / MERGE_READY, {"parts": parts, "recovered": recovered.num_rows})
     ready = read_json(attempt / MERGE_READY)
+    kill_point("retry_merge_ready")
     if ready["recovered"]:
         recovered = pq.read_table(attempt / "recovered.parquet")
         for part_id in ready["parts"]:
@@ -254,6 +257,7 @@ def retry_failed(cfg, layout: DownloadLayout, distributor: str) -> dict | None:
             suffix = "tar" if fmt == "webdataset" else "parquet"
             merged = attempt / f"{shard_stem(part_id)}.{suffix}"
             _apply_merge(layout, part_id, merged, rows, fmt, settings.encode_format)
+            kill_point("retry_part_merged")
         invalidate_downstream(layout.root.parent, ready["parts"])
     summary = {
         "attempt": attempt.name,

@@ -20,12 +20,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curation.download.config import DownloadLayout
-from curation.download.guard import STATUS_RESPONSE_TOO_LARGE
-from curation.download.names import UnsafeNameError, is_safe_component
+from curation.download.kill_points import kill_point
+from curation.download.network_guard import STATUS_BLOCKED, STATUS_RESPONSE_TOO_LARGE
 from curation.download.plan import SHARD_DIGITS
-from curation.download.safety import STATUS_BLOCKED
-from curation.download.tar_index import tar_index
 from curation.io import write_json_atomic, write_parquet_atomic
+from curation.readers.tar_index import tar_members
 from schemas import DOWNLOADED_SAMPLE_SCHEMA, ENCODED_IMAGE_SCHEMA
 
 logger = logging.getLogger(__name__)
@@ -67,15 +66,6 @@ def finished_shards(raw_dir: Path, output_format: str, *, repair: bool = True) -
             continue
         done.add(shard_id)
     return done
-
-
-def tar_members(path: Path) -> dict[str, tuple[int, int]]:
-    """``member name -> (data offset, size)`` for the regular files of a tar, checking names."""
-    members = tar_index(path)
-    for name in members:
-        if not is_safe_component(name):
-            raise UnsafeNameError(f"{path}: member {name!r} is not a plain file name")
-    return members
 
 
 def map_status(status: pa.ChunkedArray, error: pa.ChunkedArray) -> pa.Array:
@@ -168,6 +158,7 @@ def convert_shard(
     write_parquet_atomic(layout.part(layout.samples, shard_id), samples, DOWNLOADED_SAMPLE_SCHEMA)
     write_parquet_atomic(layout.part(layout.encoded, shard_id), encoded, ENCODED_IMAGE_SCHEMA)
     counts = Counter(status_list)
+    kill_point("shard_converted")
     write_json_atomic(
         layout.marker(shard_id), {"shard": stem, "status": dict(sorted(counts.items()))}
     )

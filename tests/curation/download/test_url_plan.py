@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from curation.download.hosts import round_robin_order, url_host
-from curation.download.names import UnsafeNameError, check_component, member_name
+from curation.download.network_guard import NetworkPolicy
 from curation.download.plan import (
     DownloadResumeError,
     build_plan,
@@ -21,8 +21,8 @@ from curation.download.plan import (
     row_index,
     sample_key,
 )
-from curation.download.safety import NetworkPolicy
 from curation.download.url_lists import read_url_list
+from curation.safe_names import UnsafeNameError, check_component, member_name
 from schemas import DOWNLOADED_SAMPLE_SCHEMA, validate
 
 ROWS = [
@@ -175,5 +175,6 @@ def test_img2dataset_arguments_map_our_settings():
     assert verified["save_additional_columns"] == ["license"]
     with pytest.raises(ConfigError, match="verify_sha256_col"):
         img2dataset_arguments(DownloadConfig(verify_sha256_col="digest"), [])
-    with pytest.raises(ConfigError, match="output_format"):
-        img2dataset_arguments(DownloadConfig(output_format="tfrecord"), [])
+    # Enumerated settings are refused when the config is built, naming the accepted values.
+    with pytest.raises(ValueError, match="output_format must be one of 'webdataset', 'parquet'"):
+        DownloadConfig(output_format="tfrecord")

@@ -9,9 +9,9 @@ import pyarrow.parquet as pq
 
 from curation.engines import get_engine
 from curation.io import read_parquet
-from curation.pipeline import CurationConfig
-from curation.stages.download import downloaded_sample_shards, run_download
-from curation.stages.ingest import run_ingest
+from curation.jobs.config import CurationConfig
+from curation.jobs.download import downloaded_sample_shards, run_download
+from curation.jobs.ingest import run_ingest
 from curation.synth import SynthWebServer
 from schemas import DOWNLOADED_SAMPLE_SCHEMA, IMAGE_RECORD_SCHEMA
 
@@ -30,6 +30,7 @@ def test_download_to_parquet_and_ingest_on_ray(small_web, tmp_path, ray_runtime)
                 allow_private_networks=True,
                 number_sample_per_shard=15,
                 thread_count=4,
+                timeout=60,
                 output_format="parquet",
             ),
         )

@@ -9,12 +9,19 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curation.cli import main
+from curation.download.config import DownloadLayout
 from curation.synth import SynthWebServer
 from curation.synth.urls import build_url_list
 
 
 def _samples(run):
-    return pq.read_table(sorted((run / "download" / "samples").glob("*.parquet"))).to_pylist()
+    return pq.read_table(DownloadLayout(run / "download").sample_parts()).to_pylist()
+
+
+def _stats(stage_dir):
+    """A stage's stats (``_stats.json``; ``stats.json`` in run folders of the older layout)."""
+    path = stage_dir / "_stats.json"
+    return json.loads((path if path.is_file() else stage_dir / "stats.json").read_text())
 
 
 def test_retry_failed_recovers_and_merges_without_duplicates(small_web, tmp_path):
@@ -24,7 +31,7 @@ def test_retry_failed_recovers_and_merges_without_duplicates(small_web, tmp_path
         SynthWebServer(small_web.root) as flaky,  # 503 on the first request of each /flaky/ URL
         SynthWebServer(small_web.root) as outage,  # down during the first run
     ):
-        table = build_url_list(small_web, flaky.base_url, include_bad=False, slow=False, flaky=True)
+        table = build_url_list(small_web, flaky, include_bad=False, slow=False, flaky=True)
         expected = table.column("expected").to_pylist()
         keep = [i for i, e in enumerate(expected) if e != "ok" or i < 12]
         first = table.take(keep).select(["url", "expected"])
@@ -39,6 +46,7 @@ def test_retry_failed_recovers_and_merges_without_duplicates(small_web, tmp_path
             "download.number_sample_per_shard=10",
             "download.processes_count=2",
             "download.thread_count=4",
+            "download.timeout=30",
         ]
         assert (
             main(
@@ -65,7 +73,7 @@ def test_retry_failed_recovers_and_merges_without_duplicates(small_web, tmp_path
         outage.set_down(False)
         requests_before = {**flaky.request_counts, **outage.request_counts}
         assert main(["ingest", "--run", "r", f"runs_dir={tmp_path}"]) == 0
-        ingested = json.loads((tmp_path / "r" / "ingest" / "stats.json").read_text())
+        ingested = _stats(tmp_path / "r" / "ingest")
 
         assert main(["download", "--retry-failed", "r", f"runs_dir={tmp_path}"]) == 0
 
@@ -91,12 +99,12 @@ def test_retry_failed_recovers_and_merges_without_duplicates(small_web, tmp_path
         seen[sample["__key__"]] = hashlib.sha256(sample["jpg"]).hexdigest()
         assert json.loads(sample["json"])["key"] == sample["__key__"]
     assert seen == {r["key"]: r["sha256"] for r in after.values() if r["status"] == "success"}
-    stats = json.loads((tmp_path / "r" / "download" / "stats.json").read_text())
+    stats = _stats(tmp_path / "r" / "download")
     assert stats["status_success"] == len(good)
     assert stats["retries"][0]["recovered"] == len(failed_good)
     # The merge made ingest stale for the changed shards: the next ingest picks the new images up.
     assert main(["ingest", "--run", "r", f"runs_dir={tmp_path}"]) == 0
-    reingested = json.loads((tmp_path / "r" / "ingest" / "stats.json").read_text())
+    reingested = _stats(tmp_path / "r" / "ingest")
     assert reingested["status_ok"] == ingested["status_ok"] + len(failed_good)
-    unique = json.loads((tmp_path / "r" / "unique_images" / "stats.json").read_text())
+    unique = _stats(tmp_path / "r" / "unique_images")
     assert unique["rows_out"] >= len(good) - 2  # a planted copy or two may be deduplicated
