@@ -10,12 +10,18 @@ Routes (``<path>`` is relative to the served root):
 
 ``set_down(True)`` makes every request answer 503 until ``set_down(False)``. Paths with ``..``,
 backslashes or an absolute form are refused with 400.
+
+While running, the server also holds a second socket, bound but never listening
+(``refused_port``): connections to it are refused, and no other process can take the port while
+the server lives, so "connection refused" URLs stay refused for as long as the server runs.
 """
 
 from __future__ import annotations
 
 import logging
+import socket
 import threading
+import weakref
 from collections import Counter
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -141,15 +147,29 @@ class _Server(ThreadingHTTPServer):
         logger.debug("error while serving %s", client_address, exc_info=True)
 
 
+# Running servers by base URL, so a URL list built from a base URL finds the refused port its
+# server holds (see :func:`SynthWebServer.running_at`).
+_RUNNING: weakref.WeakValueDictionary[str, SynthWebServer] = weakref.WeakValueDictionary()
+
+
 class SynthWebServer:
     """Serve ``root`` on 127.0.0.1 from a background thread.
+
+    ``port=0`` picks a free port; ``refused_port=0`` picks the port held open, not listening, for
+    URLs that must be refused (a rerun may ask for the ports of an earlier run).
 
     >>> with SynthWebServer(web.root) as srv:
     ...     fetch(srv.base_url + "/images/pool/pool-000000.jpg")
     """
 
     def __init__(
-        self, root: Path, *, host: str = "127.0.0.1", port: int = 0, slow_seconds: float = 3.0
+        self,
+        root: Path,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        refused_port: int = 0,
+        slow_seconds: float = 3.0,
     ) -> None:
         self.root = Path(root).resolve()
         if not self.root.is_dir():
@@ -159,12 +179,14 @@ class SynthWebServer:
         self.host = host
         self.slow_seconds = float(slow_seconds)
         self._requested_port = port
+        self._requested_refused_port = refused_port
         self._lock = threading.Lock()
         self._counts: Counter[str] = Counter()
         self._flaky_seen: set[str] = set()
         self._down = False
         self._stopping = threading.Event()
         self._httpd: _Server | None = None
+        self._refused: socket.socket | None = None
         self._thread: threading.Thread | None = None
 
     # lifecycle -------------------------------------------------------------------------------
@@ -172,7 +194,16 @@ class SynthWebServer:
         if self._httpd is not None:
             raise RuntimeError("SynthWebServer is already running")
         self._stopping.clear()
-        self._httpd = _Server((self.host, self._requested_port), self)
+        # Bound but never listening: the kernel refuses connections to it, and holding it keeps
+        # any other socket off the port (a port merely free when the URL list was written is not).
+        refused = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            refused.bind((self.host, self._requested_refused_port))
+            self._httpd = _Server((self.host, self._requested_port), self)
+        except BaseException:
+            refused.close()
+            raise
+        self._refused = refused
         self._thread = threading.Thread(
             target=self._httpd.serve_forever,
             kwargs={"poll_interval": 0.05},
@@ -180,6 +211,7 @@ class SynthWebServer:
             daemon=True,
         )
         self._thread.start()
+        _RUNNING[self.base_url] = self
         logger.info("serving %s at %s", self.root, self.base_url)
         return self
 
@@ -187,12 +219,15 @@ class SynthWebServer:
         """Stop serving, wake any slow requests and join the server thread."""
         if self._httpd is None:
             return
+        _RUNNING.pop(self.base_url, None)
         self._stopping.set()
         self._httpd.shutdown()
         self._httpd.server_close()
         if self._thread is not None:
             self._thread.join(timeout=10)
-        self._httpd, self._thread = None, None
+        if self._refused is not None:
+            self._refused.close()
+        self._httpd, self._thread, self._refused = None, None, None
 
     def __enter__(self) -> SynthWebServer:
         return self.start()
@@ -210,6 +245,22 @@ class SynthWebServer:
     @property
     def base_url(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+    @property
+    def refused_port(self) -> int:
+        """A port held by this server, bound but not listening: connecting to it is refused."""
+        if self._refused is None:
+            raise RuntimeError("SynthWebServer is not running; call start() or use it in a with")
+        return int(self._refused.getsockname()[1])
+
+    @property
+    def refused_base_url(self) -> str:
+        return f"http://{self.host}:{self.refused_port}"
+
+    @classmethod
+    def running_at(cls, base_url: str) -> SynthWebServer | None:
+        """The running server of this process whose ``base_url`` this is, if any."""
+        return _RUNNING.get(base_url.rstrip("/"))
 
     def url_for(self, relative: str | Path, route: str | None = None) -> str:
         """The URL of ``relative`` (a path under root), optionally through a special route."""

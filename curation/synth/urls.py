@@ -6,7 +6,7 @@ Each row says what a careful downloader should end up with (``expected``):
 - ``slow``: served only after the server's ``slow_seconds`` (fails under a shorter timeout);
 - ``flaky``: 503 on the first try, the image on a retry;
 - ``not_found``: 404;
-- ``refused``: nothing listens on that port;
+- ``refused``: a port the server holds bound but not listening, so connections are refused;
 - a bad-file expectation from ``ground_truth/bad.parquet`` (``corrupt``, ``empty``, ...).
 """
 
@@ -14,15 +14,16 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import uuid
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from curation.synth.layout import STREAM_URLS, SynthWeb, stream_rng
+from curation.synth.server import SynthWebServer
 from schemas import URL_LIST_SCHEMA, validate
 
 SYNTH_URL_LIST_SCHEMA = URL_LIST_SCHEMA.append(
@@ -33,24 +34,40 @@ N_REFUSED = 2
 N_FLAKY = 3
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port that nothing listens on right now (bound, then closed, so connections are refused)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+def _refused_base_url(server: SynthWebServer | str, refused_port: int | None) -> str:
+    if isinstance(server, SynthWebServer):
+        if refused_port is not None:
+            return f"http://{server.host}:{int(refused_port)}"
+        return server.refused_base_url
+    host = urlsplit(server).hostname or "127.0.0.1"
+    if refused_port is not None:
+        return f"http://{host}:{int(refused_port)}"
+    running = SynthWebServer.running_at(server)
+    if running is None:
+        raise ValueError(
+            f"no SynthWebServer of this process serves {server}: pass the server itself, or "
+            "refused_port= (a port kept bound and not listening while the list is used)"
+        )
+    return running.refused_base_url
 
 
 def build_url_list(
     web: SynthWeb,
-    base_url: str,
+    server: SynthWebServer | str,
     *,
     include_bad: bool = True,
     refused_port: int | None = None,
     slow: bool = True,
     flaky: bool = False,
 ) -> pa.Table:
-    """The URL list as a table (SYNTH_URL_LIST_SCHEMA), shuffled deterministically by the seed."""
-    base_url = base_url.rstrip("/")
+    """The URL list as a table (SYNTH_URL_LIST_SCHEMA), shuffled deterministically by the seed.
+
+    ``server``: the running server, or its base URL. Refused URLs point at ``refused_port`` if
+    given, else at the port the server holds bound and not listening for its lifetime. The list
+    depends only on the seed, the base URL and that port.
+    """
+    base_url = (server.base_url if isinstance(server, SynthWebServer) else server).rstrip("/")
+    refused_base_url = _refused_base_url(server, refused_port)
     rng = stream_rng(web.config.seed, STREAM_URLS)
     rows: list[tuple[str, str, str, str]] = []  # url, caption, expected_key, expected
 
@@ -79,10 +96,9 @@ def build_url_list(
     for i in range(N_MISSING):
         key = f"missing-{i:03d}"
         rows.append((f"{base_url}/missing/{key}.jpg", f"missing image {key}", key, "not_found"))
-    port = free_port() if refused_port is None else int(refused_port)
     for i in range(N_REFUSED):
         key = f"refused-{i:03d}"
-        url = f"http://127.0.0.1:{port}/images/{key}.jpg"
+        url = f"{refused_base_url}/images/{key}.jpg"
         rows.append((url, f"unreachable image {key}", key, "refused"))
 
     order = rng.permutation(len(rows))
@@ -96,7 +112,7 @@ def build_url_list(
 
 def write_url_list(
     web: SynthWeb,
-    base_url: str,
+    server: SynthWebServer | str,
     path: Path,
     *,
     include_bad: bool = True,
@@ -112,7 +128,7 @@ def write_url_list(
         raise ValueError(f"url list {path} must end in .parquet, .csv or .jsonl")
     table = build_url_list(
         web,
-        base_url,
+        server,
         include_bad=include_bad,
         refused_port=refused_port,
         slow=slow,

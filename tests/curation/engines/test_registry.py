@@ -25,8 +25,8 @@ def test_missing_engine_package_names_the_extra(monkeypatch, name, module, extra
         get_engine(name)
 
 
-def test_spark_schema_is_derived_from_arrow():
-    pytest.importorskip("pyspark")
+def test_spark_schema_is_derived_from_arrow(require):
+    require("pyspark")
     from pyspark.sql import types as T
 
     struct = to_spark_schema(SHARD_RESULT_SCHEMA)

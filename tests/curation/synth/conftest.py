@@ -1,11 +1,9 @@
 """Synthetic webs for these tests: a small one that plants every kind of copy (fast checks) and one
-at the default size (timing, statistics). Separate from the suite-wide ``small_web``, whose config
+at the default size (statistics; its generation speed is measured in benchmarks/bench_synth.py). Separate from the suite-wide ``small_web``, whose config
 other packages tune for their own needs."""
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -25,20 +23,12 @@ SMALL_CONFIG = SynthConfig(
 )
 
 
-@dataclass(frozen=True)
-class TimedWeb:
-    web: SynthWeb
-    seconds: float
-
-
 @pytest.fixture(scope="session")
 def small_synth_web(tmp_path_factory: pytest.TempPathFactory) -> SynthWeb:
     return generate_synthetic_web(tmp_path_factory.mktemp("synth") / "small", SMALL_CONFIG)
 
 
 @pytest.fixture(scope="session")
-def default_web(tmp_path_factory: pytest.TempPathFactory) -> TimedWeb:
+def default_web(tmp_path_factory: pytest.TempPathFactory) -> SynthWeb:
     out: Path = tmp_path_factory.mktemp("synth") / "default"
-    started = time.perf_counter()
-    web = generate_synthetic_web(out, SynthConfig(seed=0), progress=False)
-    return TimedWeb(web, time.perf_counter() - started)
+    return generate_synthetic_web(out, SynthConfig(seed=0), progress=False)

@@ -90,7 +90,7 @@ def probe_accuracy(features: np.ndarray, labels: np.ndarray) -> float:
 def test_classes_need_more_than_mean_colour(default_web) -> None:
     """Mean colour alone is a poor classifier; texture and colour-of-texture statistics separate
     the classes, so they are learnable (measured on the 2,000 pool originals as served)."""
-    web = default_web.web
+    web = default_web
     rows = [r for r in web.read("pool").to_pylist() if r["kind"] == "original"]
     labels = np.array([r["class_id"] for r in rows])
     images = []

@@ -173,7 +173,7 @@ def test_seed_set_is_not_drawn_from_the_pool(small_synth_web: SynthWeb) -> None:
 def test_copies_are_near_and_distinct_images_are_far(default_web) -> None:
     """With a plain thumbnail distance, planted near-exact copies sit close to their source while no
     two pool originals (nor seed or uncopied eval images) come anywhere near each other."""
-    web = default_web.web
+    web = default_web
     pool = web.read("pool").to_pylist()
     originals = [r for r in pool if r["kind"] == "original"]
     thumbs = thumbnails(web.root, [r["file"] for r in originals])
@@ -266,13 +266,14 @@ def test_config_from_dict_rejects_unknown_keys() -> None:
 # --- the default-size web -----------------------------------------------------------------------
 
 
-def test_default_web_generates_in_under_a_minute(default_web) -> None:
-    cfg = default_web.web.config
+def test_default_web_size_and_shapes(default_web) -> None:
+    # How fast it generates is measured by benchmarks/bench_synth.py, not asserted here.
+    cfg = default_web.config
     assert cfg == SynthConfig(seed=0)
     total = cfg.n_served_pool + cfg.n_eval + cfg.n_seed_classes * cfg.n_seed_per_class
     assert total >= 2000
-    assert default_web.seconds < 60.0, f"{total} images took {default_web.seconds:.1f}s"
-    sizes = pq.read_table(default_web.web.pool_table, columns=["width", "height"]).to_pydict()
+    assert default_web.read("pool").num_rows == cfg.n_served_pool
+    sizes = pq.read_table(default_web.pool_table, columns=["width", "height"]).to_pydict()
     widths, heights = np.array(sizes["width"]), np.array(sizes["height"])
     originals_square = np.mean(widths == heights)
     assert 0.2 < originals_square < 0.7  # a mix of square and non-square images
