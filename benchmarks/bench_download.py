@@ -60,7 +60,7 @@ def _serve(root: Path, ready, stop) -> None:
 
 def _lvd(cfg) -> int:
     from curation.engines import get_engine
-    from curation.stages.download import run_download
+    from curation.jobs.download import run_download
 
     stats = run_download(cfg, get_engine("local", progress=False))
     return stats.get("status_success", 0)
@@ -76,7 +76,7 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=None, help="default: a temp folder")
     args = parser.parse_args()
 
-    from curation.pipeline import CurationConfig
+    from curation.jobs.config import CurationConfig
     from curation.synth import SynthConfig, generate_synthetic_web
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench_download-"))

@@ -1,4 +1,14 @@
-"""``lvd``: one subcommand per job, each a thin wrapper over a plain function in the library."""
+"""``lvd``: one subcommand per job, each a thin wrapper over a plain function in the library.
+
+The error contract: a problem the user can fix (a typo in a key, a missing or corrupt input file,
+a folder that cannot be written: the types in :data:`~curation.jobs.errors.USER_ERRORS`, and every
+command-line syntax error) ends the command with exit code 2 and one line on stderr,
+``lvd <command>: error: <what is wrong>``, and no traceback. Commands check their inputs before any
+work starts, so for those failures that line is all stderr holds; a failure found later (a corrupt
+checkpoint met when the model loads) follows the log lines of the work done so far. Anything else
+is a bug and keeps its traceback. ``lvd --debug <command> ...`` shows the traceback of user errors
+too.
+"""
 
 from __future__ import annotations
 
@@ -8,23 +18,37 @@ import logging
 import sys
 
 from curation.commands import COMMANDS
-from curation.config import ConfigError
-from curation.engines import EngineUnavailable
-from schemas import SchemaError
+from curation.jobs.errors import USER_ERRORS
 
-# Errors a user can act on: printed as one line, exit code 2, no traceback.
-USER_ERRORS = (ConfigError, SchemaError, FileNotFoundError, EngineUnavailable)
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose syntax errors are one line (the usage is left to ``--help``),
+    like every other error of ``lvd``. Subparsers inherit the class."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog="lvd", description="Curate LVD-style pretraining data and pretrain DINOv2 on it."
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="on an error, show the full traceback instead of a one-line message",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"curation.commands.{name}").register(sub)
     return parser
+
+
+def one_line(exc: BaseException) -> str:
+    """``exc``'s message on one line (a message that spans lines would break the contract)."""
+    text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    return text or type(exc).__name__
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,7 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return ns.func(ns)
     except USER_ERRORS as exc:
-        print(f"lvd {ns.command}: error: {exc}", file=sys.stderr)
+        if ns.debug:
+            raise
+        print(f"lvd {ns.command}: error: {one_line(exc)}", file=sys.stderr)
         return 2
 
 

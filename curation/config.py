@@ -7,6 +7,7 @@ is written next to the outputs so a run says exactly what it ran with.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
 from pathlib import Path
@@ -21,6 +22,7 @@ class ConfigError(ValueError):
     """A config file or override does not fit the config dataclasses."""
 
 
+@functools.cache
 def _field_types(cls: type) -> dict[str, Any]:
     hints = typing.get_type_hints(cls)
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
@@ -42,6 +44,10 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
                 return _coerce(value, arg, where)
             except ConfigError as exc:
                 errors.append(str(exc))
+        choices = _literal_choices(annotation)
+        if choices is not None:
+            accepted = ", ".join(repr(c) for c in choices)
+            raise ConfigError(f"{where}: expected one of {accepted}; got {value!r}")
         raise ConfigError(f"{where}: {value!r} fits none of {annotation}")
     if dataclasses.is_dataclass(annotation):
         if isinstance(value, annotation):
@@ -91,8 +97,35 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
     if origin is typing.Literal:
         if value in args:
             return value
-        raise ConfigError(f"{where}: expected one of {list(args)}, got {value!r}")
+        accepted = ", ".join(repr(c) for c in args)
+        raise ConfigError(f"{where}: expected one of {accepted}; got {value!r}")
     return value
+
+
+def _literal_choices(annotation: Any) -> tuple | None:
+    """The accepted values of a ``Literal[...]`` (or ``Literal[...] | None``) annotation."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Literal:
+        return typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(annotation):
+            choices = _literal_choices(arg)
+            if choices is not None:
+                allows_none = type(None) in typing.get_args(annotation)
+                return (*choices, None) if allows_none else choices
+    return None
+
+
+def check_choices(config: Any) -> None:
+    """Raise ``ValueError`` naming the accepted values if a ``Literal`` field of the dataclass
+    ``config`` holds anything else; call it from ``__post_init__`` so a config built in code is
+    checked as early as one read from YAML."""
+    for name, annotation in _field_types(type(config)).items():
+        choices = _literal_choices(annotation)
+        value = getattr(config, name)
+        if choices is not None and value not in choices:
+            accepted = ", ".join(repr(c) for c in choices)
+            raise ValueError(f"{name} must be one of {accepted}; got {value!r}")
 
 
 def from_dict(cls: type[T], data: dict[str, Any], *, where: str = "") -> T:
@@ -139,7 +172,10 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         key, sep, raw = override.partition("=")
         if not sep or not key:
             raise ConfigError(f"override {override!r} is not of the form key=value")
-        value = yaml.safe_load(raw) if raw else ""
+        try:
+            value = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override {override!r}: the value is not valid YAML") from exc
         node = result
         parts = key.split(".")
         for part in parts[:-1]:
@@ -176,7 +212,15 @@ def load_config(
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
-        loaded = yaml.safe_load(path.read_text()) or {}
+        if not path.is_file():
+            raise ConfigError(f"config file {path} is not a file")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" (line {mark.line + 1})" if mark is not None else ""
+            problem = getattr(exc, "problem", None) or "cannot be parsed"
+            raise ConfigError(f"config file {path} is not valid YAML{where}: {problem}") from exc
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {path} must hold a mapping at the top level")
         data = _merge(data, loaded)

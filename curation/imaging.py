@@ -14,7 +14,6 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 DEFAULT_MAX_PIXELS = 64_000_000  # ~8000 x 8000; larger web images are almost never useful
 
-STATUS_OK = "ok"
 STATUS_EMPTY = "empty"
 STATUS_DECODE_ERROR = "decode_error"
 STATUS_TOO_LARGE = "rejected_too_large"

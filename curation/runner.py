@@ -4,8 +4,12 @@ The shard is the unit of distribution and of retry (as in img2dataset): input sh
 ``<in>/part-00003.parquet`` becomes ``<stage_dir>/part-00003.parquet``, written to a temp path and
 renamed in, then a per-shard marker ``<stage_dir>/_shards/part-00003.json`` (its counters) is written
 the same way. A shard is done iff its marker exists, so a rerun after a crash redoes only unfinished
-shards and never duplicates rows. When every shard is done the stage writes ``stats.json`` and
-``_SUCCESS``; a rerun of a finished stage does nothing.
+shards and never duplicates rows. When every shard is done the stage writes ``_stats.json`` and
+``_SUCCESS``; a rerun of a finished stage does nothing. The stage's resolved config is saved as
+``_config.yaml`` beside its outputs.
+
+Global stages (a function over every shard at once: exact or near dedup, later k-means and the kNN
+graph) go through :func:`run_table_stage`, with the same marker, stats and resume behaviour.
 """
 
 from __future__ import annotations
@@ -14,14 +18,21 @@ import json
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from curation.io import AtomicParquetWriter, sweep_temp_files, write_json_atomic
+from curation.io import (
+    AtomicParquetWriter,
+    sweep_temp_files,
+    write_json_atomic,
+    write_parquet_atomic,
+)
 from curation.rundir import StageDir
 from curation.stages.base import Stage, StageSpec
 from schemas import SchemaError, validate
@@ -78,7 +89,7 @@ def process_shard(stage: Stage, task: ShardTask) -> dict:
         "rows_in": counters["rows_in"],
         "rows_out": counters["rows_out"],
         "seconds": seconds,
-        "counters_json": json.dumps(dict(sorted(counters.items()))),
+        "row_counts_json": json.dumps(dict(sorted(counters.items()))),
     }
     write_json_atomic(Path(task.marker_path), result)
     return result
@@ -113,6 +124,7 @@ def run_stage(spec: StageSpec, inputs: list[Path], stage_dir: StageDir, engine) 
     if not inputs:
         raise FileNotFoundError(f"stage {spec.name!r}: no input shards")
     stage_dir.path.mkdir(parents=True, exist_ok=True)
+    stage_dir.save_config({"stage": spec.name, "config": spec.config})
     swept = sweep_temp_files(stage_dir.path)
     if swept:
         logger.info("removed %d temp file(s) left by an interrupted run", swept)
@@ -133,5 +145,39 @@ def run_stage(spec: StageSpec, inputs: list[Path], stage_dir: StageDir, engine) 
             f"stage {spec.name!r}: engine {engine.name} left shards unfinished: {missing}"
         )
     stats = stage_dir.merge_shard_stats(engine=engine.name, seconds=time.perf_counter() - start)
+    stage_dir.mark_complete()
+    return stats
+
+
+TABLE_OUTPUT = "part-00000.parquet"
+
+
+def run_table_stage(
+    name: str,
+    compute: Callable[[], pa.Table],
+    schema: pa.Schema,
+    stage_dir: StageDir,
+    *,
+    config: Any = None,
+    summarize: Callable[[pa.Table], dict] | None = None,
+) -> dict:
+    """Run a global stage: ``compute()`` sees all its inputs at once and returns one table, written
+    as ``<stage_dir>/part-00000.parquet`` with ``_stats.json`` (``summarize(table)`` plus rows and
+    seconds) and ``_SUCCESS``. A finished stage is skipped; an interrupted one is redone whole."""
+    if stage_dir.is_complete():
+        logger.info("stage %s already complete in %s; skipping", name, stage_dir.path)
+        return stage_dir.read_stats()
+    stage_dir.path.mkdir(parents=True, exist_ok=True)
+    sweep_temp_files(stage_dir.path)
+    stage_dir.save_config({"stage": name, "config": config})
+    start = time.perf_counter()
+    table = compute()
+    write_parquet_atomic(stage_dir.path / TABLE_OUTPUT, table, schema)
+    stats = {
+        "stage": stage_dir.path.name,
+        **(summarize(table) if summarize else {"rows_out": table.num_rows}),
+        "seconds": round(time.perf_counter() - start, 3),
+    }
+    stage_dir.write_stats(stats)
     stage_dir.mark_complete()
     return stats

@@ -17,13 +17,22 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from curation.config import ConfigError, load_config
-from curation.pipeline import CurationConfig, build_engine, run_curation
+from curation.cli import one_line
+from curation.commands.common import check_output_folder
+from curation.config import load_config
+from curation.download.url_lists import url_list_files
+from curation.engines import build_engine
+from curation.jobs.config import CurationConfig
+from curation.jobs.curate import run_curation
+from curation.jobs.errors import USER_ERRORS
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="curate_ray", description=__doc__.split("\n")[0])
     parser.add_argument("--config", type=Path, action="append", default=[], help="YAML overlay")
+    parser.add_argument(
+        "--debug", action="store_true", help="on an error, show the traceback, not one line"
+    )
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     return parser.parse_args(argv)
 
@@ -35,17 +44,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         cfg = load_config(CurationConfig, ns.config, [*ns.overrides, "engine.name=ray"])
-    except ConfigError as exc:
-        print(f"curate_ray: error: {exc}", file=sys.stderr)
-        return 2
-    if cfg.engine.ray_address is None and os.environ.get("RAY_ADDRESS"):
-        cfg = replace(cfg, engine=replace(cfg.engine, ray_address="auto"))
-    with build_engine(cfg.engine) as engine:
-        try:
+        # Inputs and outputs are checked before Ray starts (seconds to minutes on a cluster).
+        if cfg.download.url_list is not None:
+            url_list_files(Path(cfg.download.url_list))
+        check_output_folder(cfg.run_dir.root, "run folder (runs_dir/name)")
+        if cfg.engine.ray_address is None and os.environ.get("RAY_ADDRESS"):
+            cfg = replace(cfg, engine=replace(cfg.engine, ray_address="auto"))
+        with build_engine(cfg.engine) as engine:
             stats = run_curation(cfg, engine)
-        except ConfigError as exc:
-            print(f"curate_ray: error: {exc}", file=sys.stderr)
-            return 2
+    except USER_ERRORS as exc:  # the same one-line errors as the lvd CLI
+        if ns.debug:
+            raise
+        print(f"curate_ray: error: {one_line(exc)}", file=sys.stderr)
+        return 2
     print(json.dumps(stats, indent=2, default=str))
     return 0
 

@@ -6,6 +6,7 @@ from schemas.tables import (
     CLUSTER_ASSIGNMENT_SCHEMA,
     DEDUP_COMPONENT_SCHEMA,
     DEDUP_EDGE_SCHEMA,
+    DEDUP_REASON_KEPT,
     DOWNLOADED_SAMPLE_SCHEMA,
     ENCODED_IMAGE_SCHEMA,
     HASH_DEDUP_SCHEMA,
@@ -17,6 +18,7 @@ from schemas.tables import (
     STATUS_OK,
     URL_LIST_SCHEMA,
     embedding_schema,
+    schema_label,
     schema_name,
 )
 from schemas.validate import SchemaError, conform, validate
@@ -26,6 +28,7 @@ __all__ = [
     "CLUSTER_ASSIGNMENT_SCHEMA",
     "DEDUP_COMPONENT_SCHEMA",
     "DEDUP_EDGE_SCHEMA",
+    "DEDUP_REASON_KEPT",
     "DOWNLOADED_SAMPLE_SCHEMA",
     "ENCODED_IMAGE_SCHEMA",
     "HASH_DEDUP_SCHEMA",
@@ -40,6 +43,7 @@ __all__ = [
     "SchemaError",
     "conform",
     "embedding_schema",
+    "schema_label",
     "schema_name",
     "validate",
     "validate_manifest",

@@ -16,7 +16,14 @@ def _named(name: str, version: int, fields: list[pa.Field]) -> pa.Schema:
 
 
 def schema_name(schema: pa.Schema) -> str:
+    """The name a schema carries in its metadata ("" if none)."""
     return (schema.metadata or {}).get(b"lvd.schema", b"").decode()
+
+
+def schema_label(schema: pa.Schema) -> str:
+    """``name vN``, for messages."""
+    version = (schema.metadata or {}).get(b"lvd.version", b"?").decode()
+    return f"{schema_name(schema) or '<unnamed>'} v{version}"
 
 
 # A user's URL list; free-form extra columns are allowed and carried along (validate(allow_extra)).
@@ -105,19 +112,25 @@ HASH_DEDUP_SCHEMA = _named(
         pa.field("hamming_distance", pa.int32()),  # to duplicate_of (0 for exact); null when kept
     ],
 )
+DEDUP_REASON_KEPT = "kept"
 
 
 def embedding_schema(dim: int) -> pa.Schema:
-    """Embeddings as fixed-size float32 lists: ``.flatten().to_numpy().reshape(n, dim)`` is zero-copy."""
+    """Embeddings as fixed-size float32 lists: ``.flatten().to_numpy().reshape(n, dim)`` is
+    zero-copy over the ``ok`` rows. One row per input image: a failed image keeps its key with a
+    null embedding and its ``status`` / ``error_message`` (version 2; version 1 had no status and
+    only the images that worked)."""
     if dim <= 0:
         raise ValueError(f"embedding dimension must be positive, got {dim}")
     return _named(
         "embedding",
-        1,
+        2,
         [
             pa.field("key", pa.string(), nullable=False),
-            pa.field("embedding", pa.list_(pa.float32(), dim), nullable=False),
+            pa.field("embedding", pa.list_(pa.float32(), dim)),
             pa.field("model_id", pa.string(), nullable=False),
+            pa.field("status", pa.string(), nullable=False),
+            pa.field("error_message", pa.string()),
         ],
     )
 
@@ -192,16 +205,18 @@ SHARD_INDEX_SCHEMA = _named(
 )
 
 # Engines report one row per processed shard (internal to curation.engines).
+# ``row_counts_json``: the shard's counters as a JSON object (rows_in, rows_out, status_<s> ...);
+# version 1 called it ``counters_json``.
 SHARD_RESULT_SCHEMA = _named(
     "shard_result",
-    1,
+    2,
     [
         pa.field("shard", pa.string(), nullable=False),
         pa.field("output", pa.string(), nullable=False),
         pa.field("rows_in", pa.int64(), nullable=False),
         pa.field("rows_out", pa.int64(), nullable=False),
         pa.field("seconds", pa.float64(), nullable=False),
-        pa.field("counters_json", pa.string(), nullable=False),
+        pa.field("row_counts_json", pa.string(), nullable=False),
     ],
 )
 

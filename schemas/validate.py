@@ -9,16 +9,11 @@ from __future__ import annotations
 
 import pyarrow as pa
 
+from schemas.tables import schema_label
+
 
 class SchemaError(ValueError):
     """A table does not match the schema a stage boundary declares."""
-
-
-def _schema_name(schema: pa.Schema) -> str:
-    meta = schema.metadata or {}
-    name = meta.get(b"lvd.schema", b"<unnamed>").decode()
-    version = meta.get(b"lvd.version", b"?").decode()
-    return f"{name} v{version}"
 
 
 def validate(
@@ -49,7 +44,7 @@ def validate(
         if extra:
             problems.append(f"unexpected columns {extra}")
     if problems:
-        raise SchemaError(f"table does not match {_schema_name(schema)}: " + "; ".join(problems))
+        raise SchemaError(f"table does not match {schema_label(schema)}: " + "; ".join(problems))
 
 
 def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
@@ -65,7 +60,7 @@ def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
                 columns.append(pa.nulls(table.num_rows, field.type))
                 continue
             raise SchemaError(
-                f"table does not match {_schema_name(schema)}: missing column {field.name!r} "
+                f"table does not match {schema_label(schema)}: missing column {field.name!r} "
                 f"(expected {field.type})"
             )
         column = table.column(field.name)
@@ -74,7 +69,7 @@ def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
                 column = column.cast(field.type, safe=True)
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
                 raise SchemaError(
-                    f"table does not match {_schema_name(schema)}: column {field.name!r}: "
+                    f"table does not match {schema_label(schema)}: column {field.name!r}: "
                     f"expected {field.type}, found {column.type} ({exc})"
                 ) from exc
         columns.append(column)

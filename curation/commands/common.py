@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
-from curation.config import load_config
+from curation.config import ConfigError, load_config
 from curation.engines import ENGINES
 
 
@@ -22,31 +23,68 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load_job_config(ns: argparse.Namespace):
     """The resolved CurationConfig: defaults, then ``--config`` files, then overrides and flags."""
-    from curation.pipeline import CurationConfig
+    from curation.jobs.config import CurationConfig
 
     overrides = list(ns.overrides)
     if getattr(ns, "engine", None):
         overrides.append(f"engine.name={ns.engine}")
     if getattr(ns, "run", None):
         overrides.append(f"name={ns.run}")
-    return load_config(CurationConfig, ns.config, overrides)
+    cfg = load_config(CurationConfig, ns.config, overrides)
+    check_output_folder(cfg.run_dir.root, "run folder (runs_dir/name)")
+    return cfg
+
+
+def check_output_folder(path: Path, what: str) -> None:
+    """A :class:`ConfigError` unless ``path`` is a writable folder or could be created as one.
+
+    Creates nothing, so a command that fails later leaves no empty folders behind; it exists so
+    that an output path under a file or in a read-only place fails before any work, in one line.
+    """
+    path = Path(path).absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        where = "is a file" if existing == path else f"cannot be created: {existing} is a file"
+        raise ConfigError(f"{what} {path} {where}, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{what} {path} cannot be written: no write permission on {existing}")
+
+
+def input_folder(folder: Path, what: str) -> Path:
+    """``folder`` if it is an existing folder; else an error naming it."""
+    folder = Path(folder)
+    if not folder.exists():
+        raise FileNotFoundError(f"{what} {folder} does not exist")
+    if not folder.is_dir():
+        raise ConfigError(f"{what} {folder} is a file; give the folder that holds it")
+    return folder
 
 
 def parquet_files(folder: Path) -> list[Path]:
     """The ``*.parquet`` shards of ``folder`` in name order; an error if there are none."""
-    paths = sorted(Path(folder).glob("*.parquet"))
+    paths = sorted(input_folder(folder, "input folder").glob("*.parquet"))
     if not paths:
         raise FileNotFoundError(f"no .parquet shards in {folder}")
     return paths
 
 
+def tar_files(folder: Path) -> list[Path]:
+    """The ``*.tar`` shards of ``folder`` in name order; an error if there are none."""
+    paths = sorted(input_folder(folder, "tar folder").glob("*.tar"))
+    if not paths:
+        raise FileNotFoundError(f"no .tar files in {folder}")
+    return paths
+
+
 def shard_inputs(cfg, images: Path | None, shards: Path | None) -> list[Path] | None:
     """Input shards named on the command line: a folder of images (packed into the run first) or
-    a folder of parquet shards; None when neither was given (the stage reads its run's own)."""
-    from curation.pipeline import pack_folder
+    a folder of ENCODED_IMAGE parquet shards (each checked before any work starts); None when
+    neither was given (the stage reads its run's own)."""
+    from curation.jobs.decode import pack_folder
+    from curation.readers.input_shards import check_input_shards
 
     if images:
         return pack_folder(cfg, images)
     if shards:
-        return parquet_files(shards)
+        return check_input_shards(parquet_files(shards), ("encoded_image",))
     return None

@@ -19,7 +19,8 @@ def register(sub) -> None:
 
 
 def run(ns: argparse.Namespace) -> int:
-    from curation.pipeline import build_engine, run_decode
+    from curation.engines import build_engine
+    from curation.jobs.decode import run_decode
 
     cfg = load_job_config(ns)
     inputs = shard_inputs(cfg, ns.images, ns.input)

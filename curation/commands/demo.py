@@ -14,7 +14,7 @@ def register(sub) -> None:
 
 
 def run(ns: argparse.Namespace) -> int:
-    from curation.pipeline import run_demo
+    from curation.jobs.demo import run_demo
 
     result = run_demo(load_job_config(ns))
     print(f"demo run finished in {result.seconds:.1f} s: {result.run_dir}")

@@ -46,16 +46,23 @@ def _overrides(ns: argparse.Namespace) -> list[str]:
 
 
 def run(ns: argparse.Namespace) -> int:
-    from curation.pipeline import CurationConfig, build_engine
-    from curation.stages.download import run_download, run_retry_failed
+    from curation.engines import build_engine
+    from curation.jobs.config import CurationConfig
+    from curation.jobs.download import run_download, run_retry_failed
 
     ns.overrides = list(ns.overrides) + _overrides(ns)
     if ns.retry_failed:
         ns.run = ns.retry_failed
         base = load_job_config(ns)
-        saved = base.run_dir.stage("download").path / "config.yaml"
-        if not saved.is_file():
-            raise ConfigError(f"run {ns.retry_failed!r} has no {saved}; nothing to retry")
+        stage = base.run_dir.stage("download").path
+        # _config.yaml, or config.yaml in a run folder of the older layout
+        saved = next(
+            (p for p in (stage / "_config.yaml", stage / "config.yaml") if p.is_file()), None
+        )
+        if saved is None:
+            raise ConfigError(
+                f"run {ns.retry_failed!r} has no {stage}/_config.yaml; nothing to retry"
+            )
         overrides = list(ns.overrides) + [f"name={ns.retry_failed}", f"runs_dir={base.runs_dir}"]
         cfg = load_config(CurationConfig, [saved, *ns.config], overrides)
         with build_engine(cfg.engine) as engine:

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from curation.commands.common import add_job_arguments, load_job_config, parquet_files
+from curation.commands.common import add_job_arguments, load_job_config, parquet_files, tar_files
 
 
 def register(sub) -> None:
@@ -31,28 +31,28 @@ def register(sub) -> None:
 
 
 def run(ns: argparse.Namespace) -> int:
+    from curation.engines import build_engine
+    from curation.jobs.decode import pack_folder
+    from curation.jobs.embed import run_embed
     from curation.models.retrieval import is_vit_arch
-    from curation.pipeline import build_engine
-    from curation.sources import list_image_files, write_encoded_shards
-    from curation.stages.embed import conform_parquet_inputs, index_webdataset_tars, run_embed
+    from curation.readers.input_shards import (
+        IMAGE_INPUT_SCHEMAS,
+        check_input_shards,
+        conform_parquet_inputs,
+        index_webdataset_tars,
+    )
 
     cfg = load_job_config(ns)
     stage = ns.stage or ("embed_retrieval" if is_vit_arch(cfg.embed.model) else "embed_sscd")
     work = cfg.run_dir.root / f"{stage}_inputs"
     if ns.images:
-        files = list_image_files(ns.images)
-        if not files:
-            raise FileNotFoundError(f"no image files under {ns.images}")
-        inputs = write_encoded_shards(files, work, rows_per_shard=cfg.rows_per_shard)
+        inputs = pack_folder(cfg, ns.images, into=work.name)
     elif ns.tars:
-        tars = sorted(Path(ns.tars).glob("*.tar"))
-        if not tars:
-            raise FileNotFoundError(f"no .tar files in {ns.tars}")
-        inputs = index_webdataset_tars(tars, work)
+        inputs = index_webdataset_tars(tar_files(ns.tars), work)
     elif ns.parquet:
         inputs = conform_parquet_inputs(parquet_files(ns.parquet), work)
     else:
-        inputs = parquet_files(ns.input)
+        inputs = check_input_shards(parquet_files(ns.input), tuple(IMAGE_INPUT_SCHEMAS))
     with build_engine(cfg.engine) as engine:
         stats = run_embed(cfg, engine, inputs, stage=stage)
     print(json.dumps(stats, indent=2))

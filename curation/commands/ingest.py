@@ -25,8 +25,8 @@ def register(sub) -> None:
 
 
 def run(ns: argparse.Namespace) -> int:
-    from curation.pipeline import build_engine
-    from curation.stages.ingest import run_ingest
+    from curation.engines import build_engine
+    from curation.jobs.ingest import run_ingest
 
     if ns.face_blur:
         ns.overrides = [*ns.overrides, "ingest.face_blur.enabled=true"]

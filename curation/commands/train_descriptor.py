@@ -33,7 +33,8 @@ def register(sub) -> None:
     )
     parser.add_argument(
         "--eval-scales",
-        default="",
+        type=_sizes,
+        default=(),
         help="comma-separated sizes for multi-scale evaluation, e.g. 128,160,224",
     )
     parser.add_argument(
@@ -43,13 +44,52 @@ def register(sub) -> None:
     parser.set_defaults(func=run)
 
 
+def _sizes(text: str) -> tuple[int, ...]:
+    """``"128,160,224"`` -> ``(128, 160, 224)``; argparse reports a bad value as a usage error."""
+    try:
+        sizes = tuple(int(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected sizes like 128,160,224, got {text!r}") from None
+    if any(size <= 0 for size in sizes):
+        raise argparse.ArgumentTypeError(f"sizes must be positive, got {text!r}")
+    return sizes
+
+
+def check_inputs(ns: argparse.Namespace):
+    """Refuse missing, empty or unreadable sources and an unwritable ``--out`` before training
+    (each problem one line, not a traceback at the end of a training run); returns the opened
+    ``--eval-synth`` web, or None."""
+    from curation.commands.common import check_output_folder, parquet_files, tar_files
+    from curation.config import ConfigError
+    from curation.readers.image_files import list_image_files
+    from curation.readers.input_shards import IMAGE_INPUT_SCHEMAS, check_input_shards
+    from curation.synth import SynthWeb
+
+    if ns.images is not None and not list_image_files(ns.images):
+        raise FileNotFoundError(f"no image files under {ns.images}")
+    if ns.shards is not None:
+        check_input_shards(parquet_files(ns.shards), tuple(IMAGE_INPUT_SCHEMAS))
+    if ns.tars is not None:
+        tar_files(ns.tars)
+    if ns.out.is_dir():
+        raise ConfigError(f"--out {ns.out} is a folder; give a checkpoint file, e.g. {ns.out}/d.pt")
+    check_output_folder(ns.out.parent, "--out folder")
+    return SynthWeb.load(ns.eval_synth) if ns.eval_synth is not None else None
+
+
 def run(ns: argparse.Namespace) -> int:
-    from curation.config import load_config
+    from curation.config import ConfigError, load_config
+    from curation.models.descriptor import descriptor_archs
     from curation.train_descriptor import DescriptorTrainConfig, train_descriptor
     from curation.train_descriptor.data import collect_loaders
     from curation.train_descriptor.evaluate import evaluate_on_synthetic_web
 
     cfg = load_config(DescriptorTrainConfig, ns.config, ns.overrides)
+    if cfg.arch not in descriptor_archs():
+        raise ConfigError(
+            f"arch {cfg.arch!r} is not a descriptor; choose one of {descriptor_archs()}"
+        )
+    eval_web = check_inputs(ns)
     out = Path(ns.out)
     loaders = collect_loaders(
         images=ns.images, shards=ns.shards, tars=ns.tars, index_dir=out.parent / f"{out.stem}_index"
@@ -63,16 +103,14 @@ def run(ns: argparse.Namespace) -> int:
         "autocast": result.autocast,
         "images": len(loaders),
     }
-    if ns.eval_synth:
-        scales = tuple(int(s) for s in ns.eval_scales.split(",") if s.strip())
+    if eval_web is not None:
+        scales = ns.eval_scales
         models = {"trained": result.checkpoint, **({"untrained": init} if init else {})}
         for name, path in models.items():
-            report = evaluate_on_synthetic_web(path, ns.eval_synth, device=cfg.device)
+            report = evaluate_on_synthetic_web(path, eval_web, device=cfg.device)
             summary[f"{name}_single_scale"] = asdict(report)
             if scales:
-                report = evaluate_on_synthetic_web(
-                    path, ns.eval_synth, scales=scales, device=cfg.device
-                )
+                report = evaluate_on_synthetic_web(path, eval_web, scales=scales, device=cfg.device)
                 summary[f"{name}_multi_scale"] = asdict(report)
     print(json.dumps(summary, indent=2))
     return 0

@@ -15,6 +15,11 @@ logger = logging.getLogger(__name__)
 
 class LocalEngine(Engine):
     name = "local"
+    img2dataset_distributor = "multiprocessing"
+
+    @classmethod
+    def from_config(cls, config) -> LocalEngine:
+        return cls()
 
     def __init__(self, progress: bool = True):
         self.progress = progress

@@ -43,6 +43,11 @@ class _ShardWorker:
 
 class RayEngine(Engine):
     name = "ray"
+    img2dataset_distributor = "ray"
+
+    @classmethod
+    def from_config(cls, config) -> RayEngine:
+        return cls(address=config.ray_address, num_workers=config.num_workers)
 
     def __init__(
         self,
@@ -66,8 +71,8 @@ class RayEngine(Engine):
 
     def run_shards(self, spec: StageSpec, tasks: list[ShardTask]) -> list[dict]:
         ray = self.ray
-        cpus = spec.stage_cls.resources.cpus
-        gpus = spec.stage_cls.resources.gpus
+        resources = spec.resources
+        cpus, gpus = resources.cpus, resources.gpus
         available = ray.cluster_resources()
         if gpus and available.get("GPU", 0) < gpus:
             raise RuntimeError(
@@ -91,6 +96,7 @@ class RayEngine(Engine):
             compute=ray.data.ActorPoolStrategy(size=workers),
             num_cpus=cpus,
             num_gpus=gpus,
+            **({"memory": int(resources.memory_gb * 2**30)} if resources.memory_gb else {}),
         ).take_all()
         logger.info("ray engine: %d shard(s) on %d actor(s)", len(results), workers)
         return results

@@ -12,7 +12,7 @@ import sys
 
 import pyarrow as pa
 
-from curation.engines.base import Engine, EngineUnavailable
+from curation.engines.base import Engine, EngineResourceError, EngineUnavailable
 from curation.runner import ShardTask, process_shard
 from curation.stages.base import StageSpec
 from schemas import SHARD_RESULT_SCHEMA
@@ -101,6 +101,11 @@ def _shard_partition(spec: StageSpec):
 
 class SparkEngine(Engine):
     name = "spark"
+    img2dataset_distributor = "pyspark"
+
+    @classmethod
+    def from_config(cls, config) -> SparkEngine:
+        return cls(master=config.spark_master)
 
     def __init__(self, master: str | None = None, conf: dict | None = None):
         session_cls = _import_pyspark().sql.SparkSession
@@ -110,7 +115,37 @@ class SparkEngine(Engine):
         if self._owns_session:
             self.spark.sparkContext.setLogLevel("WARN")
 
+    def check_resources(self, spec: StageSpec) -> None:
+        """Spark schedules every task of a job alike (``spark.task.cpus``, GPUs per task from
+        ``spark.task.resource.gpu.amount``): a stage asking for more than the session gives each
+        task is refused with the setting to change, never run under-provisioned."""
+        resources = spec.resources
+        conf = self.spark.sparkContext.getConf()
+        task_cpus = float(conf.get("spark.task.cpus", "1"))
+        task_gpus = float(conf.get("spark.task.resource.gpu.amount", "0"))
+        problems = []
+        if resources.cpus > task_cpus:
+            problems.append(
+                f"{resources.cpus:g} CPU(s) per worker but spark.task.cpus={task_cpus:g} "
+                f"(spark-submit --conf spark.task.cpus={int(resources.cpus + 0.999)})"
+            )
+        if resources.gpus > task_gpus:
+            problems.append(
+                f"{resources.gpus:g} GPU(s) per worker but spark.task.resource.gpu.amount="
+                f"{task_gpus:g} (configure GPU scheduling: spark.executor.resource.gpu.amount and "
+                "spark.task.resource.gpu.amount)"
+            )
+        if resources.memory_gb:
+            problems.append(
+                f"{resources.memory_gb:g} GB of memory per worker, which Spark cannot reserve per "
+                "task (size spark.executor.memory for it and run with engine.name=ray, or lower "
+                "the stage's memory declaration)"
+            )
+        if problems:
+            raise EngineResourceError(f"stage {spec.name!r} needs " + "; ".join(problems))
+
     def run_shards(self, spec: StageSpec, tasks: list[ShardTask]) -> list[dict]:
+        self.check_resources(spec)
         rows = [(t.input_path, t.output_path, t.marker_path) for t in tasks]
         frame = self.spark.createDataFrame(
             rows, schema="input_path string, output_path string, marker_path string"

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from curation.config import ConfigError
 from curation.imaging import DEFAULT_MAX_PIXELS, ImageRejected, decode_rgb
 from curation.models.embedder import Embedder
 from curation.models.preprocess import (
@@ -70,9 +71,19 @@ class InferenceOptions:
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} asked for but CUDA is not available; use device=cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ConfigError(
+            f"device {name!r} is not a torch device (auto, cpu, cuda, cuda:N)"
+        ) from exc
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"device {name!r} asked for but CUDA is not available; use device=cpu"
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s)")
     return device
 
 

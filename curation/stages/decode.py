@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from curation.imaging import DEFAULT_MAX_PIXELS, STATUS_OK, ImageRejected, decode_rgb
+from curation.imaging import DEFAULT_MAX_PIXELS, ImageRejected, decode_rgb
 from curation.stages.base import Resources
-from schemas import ENCODED_IMAGE_SCHEMA, IMAGE_RECORD_SCHEMA
+from schemas import ENCODED_IMAGE_SCHEMA, IMAGE_RECORD_SCHEMA, STATUS_OK
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """Near-exact dedup: images whose perceptual hashes differ in at most ``max_distance`` bits.
 
-A global stage over the IMAGE_HASH rows of every image that survived exact dedup. Pairs within the
+A global stage (run by the ingest job through :func:`curation.runner.run_table_stage`) over the
+IMAGE_HASH rows of every image that survived exact dedup. Pairs within the
 distance are found by a faiss binary index range search (a flat index, or a multi-hash index beyond
 ``flat_index_limit`` images: 8 tables of 8 bits with ``max_distance // 8`` bit flips finds every
 pair within the distance by the pigeonhole principle), never by a Python loop over pairs. Pairs are
@@ -10,8 +11,6 @@ of it, with their Hamming distance to it.
 
 from __future__ import annotations
 
-import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,15 +19,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from curation.io import write_parquet_atomic
-from curation.rundir import StageDir
-from curation.stages.exact_dedup import REASON_KEPT, dedup_summary
-from schemas import HASH_DEDUP_SCHEMA
-
-logger = logging.getLogger(__name__)
+from schemas import DEDUP_REASON_KEPT, HASH_DEDUP_SCHEMA
 
 REASON_NEAR = "near_duplicate"
-OUTPUT = "part-00000.parquet"
 QUERY_BATCH = 65_536
 
 
@@ -109,7 +102,7 @@ def near_duplicates(
                 [None if k else key for k, key in zip(keep, pc.take(keys, roots).to_pylist())],
                 pa.string(),
             ),
-            "reason": pa.array(np.where(keep, REASON_KEPT, REASON_NEAR), pa.string()),
+            "reason": pa.array(np.where(keep, DEDUP_REASON_KEPT, REASON_NEAR), pa.string()),
             "hamming_distance": pa.array(
                 [None if k else int(d) for k, d in zip(keep, distances)], pa.int32()
             ),
@@ -118,34 +111,19 @@ def near_duplicates(
     )
 
 
-def run_near_dedup(
-    hash_shards: list[Path], exact: Path | None, stage_dir: StageDir, config: NearDedupConfig
-) -> dict:
-    """Near dedup of the IMAGE_HASH shards, leaving out the exact duplicates listed in ``exact``."""
-    if stage_dir.is_complete():
-        return stage_dir.read_stats()
-    start = time.perf_counter()
+def read_hashes(hash_shards: list[Path], excluded: Path | None = None) -> pa.Table:
+    """(key, phash) of IMAGE_HASH shards, leaving out the keys a HASH_DEDUP file does not keep
+    (the exact duplicates, which need no second look)."""
     hashes = [pq.read_table(p, columns=["key", "phash"]) for p in hash_shards]
     table = (
         pa.concat_tables(hashes)
         if hashes
         else pa.table({"key": pa.array([], pa.string()), "phash": pa.array([], pa.int64())})
     )
-    if exact is not None:
-        dropped = pq.read_table(exact, columns=["key", "keep"])
+    if excluded is not None:
+        dropped = pq.read_table(excluded, columns=["key", "keep"])
         dropped = dropped.filter(pc.invert(dropped.column("keep"))).column("key")
         table = table.filter(
             pc.invert(pc.is_in(table.column("key"), value_set=dropped.combine_chunks()))
         )
-    result = near_duplicates(table, config.max_distance, flat_index_limit=config.flat_index_limit)
-    write_parquet_atomic(stage_dir.path / OUTPUT, result, HASH_DEDUP_SCHEMA)
-    stats = {
-        "stage": stage_dir.path.name,
-        **dedup_summary(result),
-        "max_distance": config.max_distance,
-    }
-    stats["seconds"] = round(time.perf_counter() - start, 3)
-    stage_dir.write_stats(stats)
-    stage_dir.mark_complete()
-    logger.info("near dedup: %d of %d images kept", stats["rows_out"], stats["rows_in"])
-    return stats
+    return table

@@ -17,10 +17,10 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image, ImageOps
 
-from curation.download.blobs import BlobReader, BlobReadError
-from curation.imaging import DEFAULT_MAX_PIXELS, STATUS_OK
+from curation.imaging import DEFAULT_MAX_PIXELS
+from curation.readers.image_bytes import ImageBytesError, ImageBytesReader
 from curation.stages.base import Resources
-from schemas import IMAGE_HASH_SCHEMA, IMAGE_RECORD_SCHEMA
+from schemas import IMAGE_HASH_SCHEMA, IMAGE_RECORD_SCHEMA, STATUS_OK
 
 SIDE = 32
 BITS = 64
@@ -108,7 +108,7 @@ class PhashStage:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         keys, digests, hashes = [], [], []
-        with BlobReader() as reader:
+        with ImageBytesReader() as reader:
             for row in batch.to_pylist():
                 if row["status"] != STATUS_OK:
                     continue
@@ -117,7 +117,7 @@ class PhashStage:
                         row["source_file"], row["source_offset"], row["source_size"], row["key"]
                     )
                     value = phash_bytes(data, self.config.max_pixels)
-                except (BlobReadError, ValueError):
+                except (ImageBytesError, ValueError):
                     continue  # ingest decoded it; a later failure leaves it out of near dedup
                 keys.append(row["key"])
                 digests.append(row["sha256"])

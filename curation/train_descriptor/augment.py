@@ -13,29 +13,14 @@ from __future__ import annotations
 
 import io
 import math
-from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont, ImageOps
 
+from curation.train_descriptor.config import AugmentConfig
+
 _WORDS = ("LOL", "meme", "photo", "sale", "2024", "wow", "news", "#tbt", "hello", "copy", "OK")
-
-
-@dataclass(frozen=True)
-class AugmentConfig:
-    size: int = 96  # output side (square)
-    crop_scale: tuple[float, float] = (0.2, 1.0)  # fraction of the image area kept
-    crop_ratio: tuple[float, float] = (0.6, 1.6)  # aspect ratio of the crop
-    p_flip: float = 0.5
-    p_pad: float = 0.15
-    p_jitter: float = 0.8
-    p_grayscale: float = 0.2
-    p_blur: float = 0.3
-    p_text: float = 0.25
-    p_emoji: float = 0.15
-    p_jpeg: float = 0.4
-    jpeg_quality: tuple[int, int] = (15, 90)
 
 
 @lru_cache(maxsize=64)

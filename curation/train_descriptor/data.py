@@ -22,10 +22,10 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
-from curation.download.blobs import blob_loaders
 from curation.imaging import ImageRejected, decode_rgb
-from curation.sources import list_image_files
-from curation.stages.embed import index_webdataset_tars
+from curation.readers.image_bytes import image_bytes_loaders
+from curation.readers.image_files import list_image_files
+from curation.readers.input_shards import index_webdataset_tars
 from curation.train_descriptor.augment import CopyAugment
 
 logger = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ def shard_loaders(paths: list[Path]) -> list[tuple[str, Loader]]:
         if "image" in table.column_names:
             present = pc.or_(present, pc.is_valid(table.column("image")))
         table = table.filter(present)
-        out.extend(zip(table.column("key").to_pylist(), blob_loaders(table)))
+        out.extend(zip(table.column("key").to_pylist(), image_bytes_loaders(table)))
     return out
 
 

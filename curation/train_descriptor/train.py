@@ -19,7 +19,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,8 @@ from curation.models.descriptor import (
 from curation.models.inference import resolve_device
 from curation.models.preprocess import Preprocessing, normalize_batch
 from curation.models.sscd import RESNET_LAYOUTS
-from curation.train_descriptor.augment import AugmentConfig, CopyAugment
+from curation.train_descriptor.augment import CopyAugment
+from curation.train_descriptor.config import DescriptorTrainConfig
 from curation.train_descriptor.data import EpochSampler, TwoViewDataset
 from curation.train_descriptor.entropy_loss import DifferentialEntropyLoss
 from curation.train_descriptor.infonce_loss import InfoNCELoss
@@ -45,49 +46,6 @@ from curation.train_descriptor.mixing import mix_batch
 logger = logging.getLogger(__name__)
 
 CALIBRATION_START, CALIBRATION_END = 4, 8  # steps timed before a budget sizes the schedule
-
-
-@dataclass(frozen=True)
-class DescriptorTrainConfig:
-    arch: str = "resnet18"  # resnet18 | resnet50 | a pretrain.models ViT name
-    width: int = 64  # ResNet base width (64 = the standard nets); smaller for quick CPU runs
-    arch_kwargs: dict[str, Any] = field(default_factory=dict)  # ViT constructor keywords
-    dim: int = 512
-    augment: AugmentConfig = field(default_factory=AugmentConfig)  # augment.size: train px
-    batch_size: int = 128  # images per step (each seen twice)
-    max_steps: int = 2000
-    time_budget_s: float | None = None  # wall-clock seconds of training, then stop
-    optimizer: str = "adamw"  # adamw | sgd
-    lr: float = 2e-3
-    weight_decay: float = 1e-4
-    warmup_fraction: float = 0.05
-    min_lr_fraction: float = 0.01
-    temperature: float = 0.05
-    # SSCD: 30 in the paper, 10 advised at scale. On short CPU runs a high weight stalls InfoNCE
-    # and even a ramped 3 cost ~1.5 points of micro-AP on the synthetic web, hence a small default.
-    entropy_weight: float = 1.0
-    entropy_ramp_fraction: float = 0.5  # reach entropy_weight after this fraction of the steps
-    mix_p: float = 0.0  # per-image probability of mixup or cutmix (SSCD: 0.05)
-    mix_alpha: float = 2.0
-    inference_size: int | None = None  # recorded for the embed stage; None: augment.size
-    inference_scales: tuple[int, ...] = ()  # recorded multi-scale sizes, e.g. (128, 160, 224)
-    device: str = "auto"
-    autocast: str = "auto"  # auto | bf16 | fp16 | fp32
-    channels_last: bool = True
-    num_workers: int = 1  # augmentation processes (0: in the training process)
-    threads: int | None = None  # CPU compute threads; None: the cores left by the loader processes
-    cache_images: bool = True  # keep decoded, downsized images in memory (pools up to ~10^5)
-    seed: int = 0
-    warm_start: Path | None = None  # backbone checkpoint to start the trunk from
-    log_every: int = 25
-
-    def __post_init__(self) -> None:
-        if self.optimizer not in ("adamw", "sgd"):
-            raise ValueError(f"optimizer must be adamw or sgd, got {self.optimizer!r}")
-        if self.autocast not in ("auto", "bf16", "fp16", "fp32"):
-            raise ValueError(f"autocast must be auto, bf16, fp16 or fp32, got {self.autocast!r}")
-        if self.batch_size < 2:
-            raise ValueError("batch_size must be >= 2 (InfoNCE needs negatives)")
 
 
 @dataclass

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from curation.config import ConfigError, dump_yaml, load_config
-from curation.pipeline import CurationConfig
+from curation.jobs.config import CurationConfig
 
 
 @dataclass(frozen=True)
@@ -60,3 +60,31 @@ def test_resolved_config_round_trips_through_yaml(tmp_path):
 def test_dataclass_checks_become_config_errors():
     with pytest.raises(ConfigError, match="synth: n_near_duplicates"):
         load_config(CurationConfig, [], ["synth.n_pool=50"])
+
+
+@pytest.mark.parametrize(
+    ("override", "accepted"),
+    [
+        ("engine.name=dask", "'local', 'ray', 'spark'"),
+        ("embed.resize=stretch", "'square', 'short_side', 'center_crop', None"),
+        ("embed.dtype=fp8", "'auto', 'float32', 'bf16', 'fp16'"),
+        ("embed.decode_backend=gpu", "'auto', 'process', 'thread'"),
+        ("embed.input=tars", "'image_record', 'encoded_image'"),
+    ],
+)
+def test_enumerated_settings_name_the_accepted_values(override, accepted):
+    with pytest.raises(ConfigError) as error:
+        load_config(CurationConfig, [], [override])
+    assert accepted in str(error.value)
+    assert repr(override.split("=")[1]) in str(error.value)
+
+
+def test_enumerated_settings_are_checked_when_built_in_code():
+    from curation.engines import EngineConfig
+    from curation.stages.embed import EmbedConfig
+
+    with pytest.raises(ValueError, match="name must be one of 'local', 'ray', 'spark'; got 'dask'"):
+        EngineConfig(name="dask")
+    with pytest.raises(ValueError, match="resize must be one of"):
+        EmbedConfig(resize="stretch")
+    assert EmbedConfig(resize=None).resize is None

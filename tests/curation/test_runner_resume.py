@@ -11,9 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from curation.engines import get_engine
+from curation.readers.image_files import list_image_files, write_encoded_shards
 from curation.rundir import RunDir
 from curation.runner import run_stage
-from curation.sources import list_image_files, write_encoded_shards
 from curation.stages.base import StageSpec
 from curation.stages.decode import DecodeStage
 
@@ -27,6 +27,31 @@ def shards(small_web, tmp_path_factory):
 def _run_local(shards, root):
     with get_engine("local", progress=False) as engine:
         return run_stage(StageSpec(DecodeStage), shards, RunDir(root).stage("decode"), engine)
+
+
+def _files(stage_dir) -> dict[str, tuple[int, int]]:
+    """Output shards and markers of a stage, by name: (inode, mtime). A rewrite (temp file renamed
+    in) changes both. Temp files are left out."""
+    paths = [*stage_dir.path.glob("*.parquet"), *(stage_dir.path / "_shards").glob("*.json")]
+    return {
+        f"{p.parent.name}/{p.name}": (p.stat().st_ino, p.stat().st_mtime_ns)
+        for p in paths
+        if not p.name.startswith(".")
+    }
+
+
+@pytest.fixture
+def rows_through_stage(monkeypatch) -> list[int]:
+    """The sizes of the batches the decode stage is given in this process."""
+    seen: list[int] = []
+    real_call = DecodeStage.__call__
+
+    def counting_call(self, batch):
+        seen.append(batch.num_rows)
+        return real_call(self, batch)
+
+    monkeypatch.setattr(DecodeStage, "__call__", counting_call)
+    return seen
 
 
 # Runs the decode stage in a child process that SIGKILLs itself while writing the 4th shard:
@@ -60,7 +85,7 @@ _KILLED_RUN = textwrap.dedent(
 )
 
 
-def test_killed_stage_resumes_to_the_same_output(shards, tmp_path):
+def test_killed_stage_resumes_to_the_same_output(shards, tmp_path, rows_through_stage):
     reference = _run_local(shards, tmp_path / "reference")
     killed_root = tmp_path / "killed"
     proc = subprocess.run(
@@ -73,8 +98,19 @@ def test_killed_stage_resumes_to_the_same_output(shards, tmp_path):
     assert not stage_dir.is_complete()
     assert len(list((stage_dir.path / "_shards").glob("*.json"))) == 3
     assert list(stage_dir.path.glob(".tmp-*")), "the kill should leave a half-written temp file"
+    finished = _files(stage_dir)
+    finished_rows = sum(
+        json.loads(m.read_text())["rows_in"] for m in stage_dir.path.glob("_shards/*")
+    )
 
+    rows_through_stage.clear()  # the reference run went through it too
     resumed = _run_local(shards, killed_root)
+    # Only the unfinished shards went through the stage; the finished ones were left as they were.
+    total_rows = sum(pq.read_metadata(s).num_rows for s in shards)
+    assert sum(rows_through_stage) == total_rows - finished_rows
+    after = _files(stage_dir)
+    assert {name: after[name] for name in finished} == finished
+    assert len(after) == 2 * len(shards)
     assert stage_dir.is_complete()
     assert not list(stage_dir.path.glob(".tmp-*"))
     ref_table = pq.read_table(RunDir(tmp_path / "reference").stage("decode").outputs())
@@ -94,23 +130,29 @@ def test_finished_stage_is_skipped(shards, tmp_path):
     second = _run_local(shards, tmp_path)
     assert second == first
     assert {p: os.stat(p).st_mtime_ns for p in stage_dir.outputs()} == mtimes
-    stats = json.loads((stage_dir.path / "stats.json").read_text())
+    stats = stage_dir.read_stats()
     assert stats["rows_in"] == sum(pq.read_metadata(s).num_rows for s in shards)
     assert stats["seconds"] >= 0
 
 
-def test_only_unfinished_shards_are_redone(shards, tmp_path):
-    _run_local(shards, tmp_path)
+def test_only_unfinished_shards_are_redone(shards, tmp_path, rows_through_stage):
+    first = _run_local(shards, tmp_path)
     stage_dir = RunDir(tmp_path).stage("decode")
     (stage_dir.path / "_SUCCESS").unlink()
     victim = stage_dir.outputs()[1]
     (stage_dir.path / "_shards" / f"{victim.stem}.json").unlink()
-    untouched = stage_dir.outputs()[0]
-    before = os.stat(untouched).st_mtime_ns
+    before = _files(stage_dir)
+    rows_through_stage.clear()
+
     stats = _run_local(shards, tmp_path)
-    assert os.stat(untouched).st_mtime_ns == before
-    assert (stage_dir.path / "_shards" / f"{victim.stem}.json").is_file()
+    after = _files(stage_dir)
+    changed = {name for name in after if before.get(name) != after[name]}
+    # Exactly the victim's output was rewritten and its marker created; nothing else was touched.
+    assert changed == {f"decode/{victim.name}", f"_shards/{victim.stem}.json"}
+    victim_input = next(s for s in shards if s.stem == victim.stem)
+    assert sum(rows_through_stage) == pq.read_metadata(victim_input).num_rows
     assert stats["shards"] == len(shards)
+    assert stats["rows_in"] == first["rows_in"]
 
 
 def test_input_shards_with_the_same_name_are_refused(shards, tmp_path):

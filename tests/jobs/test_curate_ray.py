@@ -2,10 +2,15 @@
 
 import json
 
-import pyarrow.parquet as pq
-
+from curation.rundir import RunDir
 from curation.synth import SynthWebServer, write_url_list
 from jobs.curate_ray import main
+from tests.dedup_truth import (
+    SMALL_WEB_ALSO_CAUGHT,
+    check_dedup,
+    expected_dedup,
+    ok_synth_keys,
+)
 
 
 def test_ray_job_downloads_ingests_and_dedups(ray_runtime, small_web, tmp_path, capsys):
@@ -26,19 +31,19 @@ def test_ray_job_downloads_ingests_and_dedups(ray_runtime, small_web, tmp_path, 
         assert stats["download"]["engine"] == "ray"
         served = small_web.config.n_served_pool
         assert stats["download"]["status_success"] == served
-        unique = pq.read_table(
-            list((tmp_path / "runs" / "job" / "unique_images").glob("*.parquet"))
-        )
-        # Exact copies are gone; every original survives.
-        pool = small_web.read("pool")
-        originals = sum(kind == "original" for kind in pool.column("kind").to_pylist())
-        assert originals <= unique.num_rows <= served - small_web.config.n_exact_duplicates
+        run = RunDir(tmp_path / "runs" / "job")
+        for stage in ("ingest", "phash", "unique_images"):
+            assert run.stage(stage).read_stats()["engine"] == "ray", stage
+        # Exactly the ground truth's dedup, as under the local engine
+        # (tests/curation/stages/test_ingest_engines.py): 6 byte copies, 13 near copies.
+        expected = expected_dedup(small_web.read("pool"), ok_synth_keys(run), SMALL_WEB_ALSO_CAUGHT)
+        assert (expected.exact_dropped, expected.near_dropped) == (6, 13)
+        assert len(expected.unique_keys) == served - 6 - 13
+        check_dedup(run, expected)
         # A resubmission finds every stage complete and changes nothing.
-        before = sorted(
-            p.stat().st_mtime_ns for p in (tmp_path / "runs" / "job").rglob("*.parquet")
-        )
+        before = sorted(p.stat().st_mtime_ns for p in run.root.rglob("*.parquet"))
         assert main(args) == 0
-        after = sorted(p.stat().st_mtime_ns for p in (tmp_path / "runs" / "job").rglob("*.parquet"))
+        after = sorted(p.stat().st_mtime_ns for p in run.root.rglob("*.parquet"))
         assert after == before
 
 

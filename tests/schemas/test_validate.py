@@ -86,11 +86,27 @@ def test_embedding_schema_is_fixed_size_and_zero_copy_to_numpy():
             "key": ["a", "b"],
             "embedding": pa.array([[1, 2, 3], [4, 5, 6]], pa.list_(pa.float32(), 3)),
             "model_id": ["m", "m"],
+            "status": ["ok", "ok"],
+            "error_message": [None, None],
         },
         schema=schema,
     )
     matrix = table.column("embedding").combine_chunks().flatten().to_numpy().reshape(2, 3)
     assert matrix[1, 2] == 6.0
+    # A failed image keeps its row with a null embedding and its status.
+    failed = pa.table(
+        {
+            "key": ["c"],
+            "embedding": pa.nulls(1, pa.list_(pa.float32(), 3)),
+            "model_id": ["m"],
+            "status": ["decode_error"],
+            "error_message": ["cannot identify image"],
+        },
+        schema=schema,
+    )
+    validate(failed, schema)
+    with pytest.raises(SchemaError, match="'status': 1 nulls"):
+        validate(failed.set_column(3, "status", pa.nulls(1, pa.string())), schema)
     with pytest.raises(ValueError):
         embedding_schema(0)
 

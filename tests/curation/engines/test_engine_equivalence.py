@@ -5,9 +5,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from curation.engines import get_engine
+from curation.readers.image_files import list_image_files, write_encoded_shards
 from curation.rundir import RunDir
 from curation.runner import run_stage
-from curation.sources import list_image_files, write_encoded_shards
 from curation.stages.base import StageSpec
 from curation.stages.decode import DecodeStage
 

@@ -1,4 +1,11 @@
-"""Batch inference: same embeddings as a plain forward, input order kept, failures reported."""
+"""Batch inference: same embeddings as a plain forward of independently prepared pixels, input
+order kept, failures reported.
+
+Expected embeddings never go through the package's decode/resize/normalise helpers: pixels come
+from Pillow and the ImageNet formula written out in :func:`reference_pixels`. The pipeline
+normalises in float32, the reference in float64 (then float32 for the model): embeddings agree to
+1e-5.
+"""
 
 import io
 from functools import partial
@@ -8,12 +15,11 @@ import pytest
 import torch
 from PIL import Image
 
-from curation.download.blobs import inline_bytes, read_source_bytes
-from curation.imaging import decode_rgb
 from curation.models.embedder import Embedder
 from curation.models.inference import BatchEmbedder, InferenceOptions
-from curation.models.preprocess import Preprocessing, image_to_uint8, normalize_batch
+from curation.models.preprocess import Preprocessing
 from curation.models.sscd import SSCDModel
+from curation.readers.image_bytes import inline_bytes, read_source_bytes
 
 
 def jpeg(seed: int, size=(40, 30)) -> bytes:
@@ -30,13 +36,36 @@ def make_embedder(resize="square", scales=()) -> Embedder:
     return Embedder(model, "tiny", 16, Preprocessing(size, resize), tuple(scales))
 
 
+def reference_pixels(data: bytes, resize: str, size: int) -> np.ndarray:
+    """The model input for one image, computed without the package's decode/resize/normalise
+    helpers: Pillow decode, Pillow resize with the recipe's filter (bilinear; bicubic then a
+    ``floor(margin / 2)`` crop for ``center_crop``), ``(x / 255 - mean) / std`` in float64.
+    Returns ``[3, H, W]``."""
+    image = Image.open(io.BytesIO(data)).convert("RGB")
+    width, height = image.size
+    if resize == "square":
+        pixels = np.asarray(image.resize((size, size), Image.Resampling.BILINEAR))
+    else:
+        short_target = size if resize == "short_side" else (2 * size * 8 + 7) // 14  # size * 8/7
+        short = min(width, height)
+        new_w = (2 * width * short_target + short) // (2 * short)  # nearest integer
+        new_h = (2 * height * short_target + short) // (2 * short)
+        filter_ = Image.Resampling.BILINEAR if resize == "short_side" else Image.Resampling.BICUBIC
+        pixels = np.asarray(image.resize((new_w, new_h), filter_))
+        if resize == "center_crop":
+            top, left = (new_h - size) // 2, (new_w - size) // 2
+            pixels = pixels[top : top + size, left : left + size]
+    mean = np.array([0.485, 0.456, 0.406])
+    std = np.array([0.229, 0.224, 0.225])
+    return ((pixels / 255.0 - mean) / std).transpose(2, 0, 1)
+
+
 def reference(embedder: Embedder, data: bytes, size: int | None = None) -> torch.Tensor:
+    """A direct forward of the embedder's model on :func:`reference_pixels`."""
     prep = embedder.preprocessing
-    if size is not None:
-        prep = Preprocessing(size, prep.resize)
-    pixels = torch.from_numpy(image_to_uint8(decode_rgb(data), prep).copy())[None]
+    x = torch.from_numpy(reference_pixels(data, prep.resize, size or prep.size)).float()[None]
     with torch.no_grad():
-        return embedder.model(normalize_batch(pixels, prep, channels_last=False))[0]
+        return embedder.model(x)[0]
 
 
 def loaders_of(images: list[bytes]) -> list:
@@ -66,7 +95,7 @@ def test_matches_plain_forward_and_reports_failures(workers, chunk, backend, tmp
             (5, "empty"),
             (9, "read_error"),
         ]
-        np.testing.assert_allclose(result.embeddings, expected, atol=1e-4)
+        np.testing.assert_allclose(result.embeddings, expected, rtol=0, atol=1e-5)
     assert runner.embed([]).embeddings.shape == (0, 16)
     runner.close()
 
@@ -79,25 +108,38 @@ def test_unpicklable_loaders_are_refused_up_front():
     runner.close()
 
 
-def test_short_side_batches_mixed_shapes():
-    images = [jpeg(0, (40, 30)), jpeg(1, (30, 40)), jpeg(2, (40, 30))]
-    embedder = make_embedder(resize="short_side")
+@pytest.mark.parametrize("resize", ["square", "short_side", "center_crop"])
+def test_each_resize_mode_matches_the_independent_reference(resize):
+    # landscape, portrait and an odd aspect ratio (short_side: 32 x 43, 43 x 32 and 32 x 49;
+    # center_crop: short side resized to 37, then a crop with an odd margin for 40 x 30)
+    images = [jpeg(0, (40, 30)), jpeg(1, (30, 40)), jpeg(2, (41, 27)), jpeg(4, (40, 30))]
+    embedder = make_embedder(resize=resize)
     runner = BatchEmbedder(embedder, InferenceOptions(device="cpu", batch_size=4, num_workers=2))
     result = runner.embed(loaders_of(images))
+    assert result.positions.tolist() == [0, 1, 2, 3]
     expected = torch.stack([reference(embedder, d) for d in images]).numpy()
-    np.testing.assert_allclose(result.embeddings, expected, atol=1e-4)
+    np.testing.assert_allclose(result.embeddings, expected, rtol=0, atol=1e-5)
+    runner.close()
 
 
-def test_multi_scale_is_the_normalised_mean_of_single_scales():
+def test_multi_scale_is_the_normalised_sum_of_single_scale_embeddings():
     data = jpeg(3, (64, 64))
     embedder = make_embedder(scales=(32, 48))
     runner = BatchEmbedder(embedder, InferenceOptions(device="cpu", num_workers=0))
     out = runner.embed(loaders_of([data])).embeddings[0]
     assert np.isclose(np.linalg.norm(out), 1.0, atol=1e-5)
+    # Decoded once at the largest scale; each smaller view is that image rescaled (bilinear,
+    # antialiased) after normalisation.
+    x48 = torch.from_numpy(reference_pixels(data, "square", 48)).float()[None]
+    x32 = torch.nn.functional.interpolate(x48, size=(32, 32), mode="bilinear", antialias=True)
+    with torch.no_grad():
+        total = embedder.model(x48)[0] + embedder.model(x32)[0]
+    expected = (total / total.norm()).numpy()
+    np.testing.assert_allclose(out, expected, rtol=0, atol=1e-5)
+    # and close to (not equal to) averaging views decoded at each size
     single = [reference(make_embedder(), data, size) for size in (32, 48)]
-    # the 32 px view is made on the device from the 48 px one: close to, not equal to, a 32 px decode
-    expected = torch.nn.functional.normalize(sum(single), dim=0).numpy()
-    assert float(out @ expected) > 0.99
+    decoded = torch.nn.functional.normalize(sum(single), dim=0).numpy()
+    assert float(out @ decoded) > 0.99
 
 
 def test_bf16_autocast_on_cpu_stays_close_to_fp32():

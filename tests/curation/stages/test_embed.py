@@ -13,22 +13,17 @@ import torch
 from curation.cli import main
 from curation.engines import get_engine
 from curation.imaging import decode_rgb
+from curation.jobs.config import CurationConfig
+from curation.jobs.embed import run_embed
 from curation.models.descriptor import build_descriptor, save_descriptor_checkpoint
 from curation.models.preprocess import Preprocessing, decode_floor, image_to_uint8, normalize_batch
-from curation.pipeline import CurationConfig
+from curation.readers.image_files import list_image_files, write_encoded_shards
+from curation.readers.input_shards import conform_parquet_inputs, index_webdataset_tars
 from curation.rundir import RunDir
 from curation.runner import run_stage
-from curation.sources import list_image_files, write_encoded_shards
 from curation.stages.base import StageSpec
 from curation.stages.decode import DecodeStage
-from curation.stages.embed import (
-    EmbedConfig,
-    EmbedStage,
-    conform_parquet_inputs,
-    embed_stage_spec,
-    index_webdataset_tars,
-    run_embed,
-)
+from curation.stages.embed import EmbedConfig, EmbedStage, embed_stage_spec
 from schemas import ENCODED_IMAGE_SCHEMA, SchemaError, embedding_schema
 
 DIM, SIZE = 16, 32
@@ -84,6 +79,8 @@ def run_local(spec, inputs, root):
 
 
 def as_matrix(table: pa.Table) -> np.ndarray:
+    """The embeddings of the ``ok`` rows (failed rows have none)."""
+    table = table.filter(pa.compute.equal(table.column("status"), "ok"))
     column = table.column("embedding").combine_chunks()
     return column.flatten().to_numpy().reshape(table.num_rows, -1)
 
@@ -99,10 +96,17 @@ def test_embeds_every_ok_record_once_with_the_model_dim(record_output, records, 
     stats, table = record_output
     inputs = pq.read_table(records)
     ok = inputs.filter(pa.compute.equal(inputs.column("status"), "ok"))
-    assert 0 < ok.num_rows < inputs.num_rows  # the bad files are skipped, not embedded
-    assert sorted(table.column("key").to_pylist()) == sorted(ok.column("key").to_pylist())
+    assert 0 < ok.num_rows < inputs.num_rows
+    # Every record is a row; the bad files keep their decode status and get no embedding.
+    assert sorted(table.column("key").to_pylist()) == sorted(inputs.column("key").to_pylist())
+    embedded = table.filter(pa.compute.is_valid(table.column("embedding")))
+    assert sorted(embedded.column("key").to_pylist()) == sorted(ok.column("key").to_pylist())
+    upstream = dict(zip(inputs.column("key").to_pylist(), inputs.column("status").to_pylist()))
+    assert (
+        dict(zip(table.column("key").to_pylist(), table.column("status").to_pylist())) == upstream
+    )
     assert table.schema.equals(embedding_schema(DIM), check_metadata=False)
-    assert stats["rows_out"] == ok.num_rows
+    assert stats["rows_out"] == inputs.num_rows and stats["status_ok"] == ok.num_rows
     assert set(table.column("model_id").to_pylist()) == {
         f"descriptor:{checkpoint.name}:square{SIZE}"
     }
@@ -116,6 +120,7 @@ def test_embeddings_equal_a_plain_forward_of_the_decoded_image(
     model = build_descriptor("resnet18", dim=DIM, width=8)
     model.load_state_dict(torch.load(checkpoint, weights_only=True)["model"])
     model.eval()
+    table = table.filter(pa.compute.equal(table.column("status"), "ok"))
     rows = [i for i, key in enumerate(table.column("key").to_pylist()) if key.startswith("pool-")]
     matrix = as_matrix(table)
     prep = Preprocessing(SIZE, "square")
@@ -200,8 +205,11 @@ def test_stage_needs_a_resolved_dim(checkpoint):
     assert spec.config.dim == DIM
     stage = spec.stage_cls(spec.config)
     assert stage.output_schema.field("embedding").type == pa.list_(pa.float32(), DIM)
+    assert spec.resources.gpus == 0
+    # Resources are per instance: the same class declares a GPU when its config asks for one.
     gpu = embed_stage_spec(replace(embed_config(checkpoint), gpus=1))
-    assert gpu.stage_cls.resources.gpus == 1
+    assert gpu.stage_cls is EmbedStage
+    assert (gpu.resources.gpus, gpu.resources.cpus) == (1, 4)
 
 
 def test_cli_embeds_a_seed_folder(checkpoint, small_web, tmp_path, capsys):

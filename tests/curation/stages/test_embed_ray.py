@@ -1,4 +1,7 @@
-"""The embed stage under Ray (actor pool) gives the same embeddings as the local engine."""
+"""The embed stage gives the local engine's embeddings under Ray (actor pool, with thread or
+process decoding) and under Spark."""
+
+import dataclasses
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -7,14 +10,14 @@ import torch
 
 from curation.engines import get_engine
 from curation.models.descriptor import build_descriptor, save_descriptor_checkpoint
+from curation.readers.image_files import list_image_files, write_encoded_shards
 from curation.rundir import RunDir
 from curation.runner import run_stage
-from curation.sources import list_image_files, write_encoded_shards
 from curation.stages.embed import EmbedConfig, embed_stage_spec
 
 
 @pytest.fixture(scope="module")
-def spec(tmp_path_factory):
+def config(tmp_path_factory) -> EmbedConfig:
     torch.manual_seed(0)
     path = save_descriptor_checkpoint(
         tmp_path_factory.mktemp("model") / "tiny.pt",
@@ -24,16 +27,15 @@ def spec(tmp_path_factory):
         arch_kwargs={"width": 8},
         inference={"size": 32, "resize": "square"},
     )
-    config = EmbedConfig(
+    return EmbedConfig(
         model="descriptor",
         checkpoint=path,
         input="encoded_image",
         device="cpu",
         batch_size=16,
-        num_workers=1,  # one decode process forked from each Ray actor
+        num_workers=1,  # one decode worker per stage worker (a thread on the CPU by default)
         threads=1,
     )
-    return embed_stage_spec(config)
 
 
 @pytest.fixture(scope="module")
@@ -44,19 +46,40 @@ def shards(small_web, tmp_path_factory):
 
 def _embed(engine, spec, shards, root):
     stage_dir = RunDir(root).stage("embed_sscd")
-    run_stage(spec, shards, stage_dir, engine)
+    stats = run_stage(spec, shards, stage_dir, engine)
+    assert stats["engine"] == engine.name
     return pq.read_table(stage_dir.outputs()).sort_by("key")
 
 
-def test_ray_matches_local(ray_runtime, spec, shards, tmp_path):
+@pytest.fixture(scope="module")
+def local_output(config, shards, tmp_path_factory):
     with get_engine("local", progress=False) as engine:
-        local = _embed(engine, spec, shards, tmp_path / "local")
+        output = _embed(engine, embed_stage_spec(config), shards, tmp_path_factory.mktemp("local"))
+    assert output.num_rows > 50
+    return output
+
+
+def _assert_same_embeddings(got, want):
+    assert got.column("key").equals(want.column("key"))
+    assert got.column("model_id").equals(want.column("model_id"))
+    a = want.column("embedding").combine_chunks().flatten().to_numpy()
+    b = got.column("embedding").combine_chunks().flatten().to_numpy()
+    np.testing.assert_allclose(b, a, atol=1e-6)
+
+
+@pytest.mark.parametrize("decode_backend", ["thread", "process"])
+def test_ray_matches_local(ray_runtime, config, shards, local_output, tmp_path, decode_backend):
+    # "process": each Ray actor starts its own decode process, as on a GPU node.
+    spec = embed_stage_spec(dataclasses.replace(config, decode_backend=decode_backend))
     engine = get_engine("ray", num_workers=2)
-    ray_output = _embed(engine, spec, shards, tmp_path / "ray")
-    engine.close()
-    assert ray_output.column("key").equals(local.column("key"))
-    assert ray_output.column("model_id").equals(local.column("model_id"))
-    a = local.column("embedding").combine_chunks().flatten().to_numpy()
-    b = ray_output.column("embedding").combine_chunks().flatten().to_numpy()
-    np.testing.assert_allclose(a, b, atol=1e-6)
-    assert local.num_rows > 50
+    try:
+        ray_output = _embed(engine, spec, shards, tmp_path)
+    finally:
+        engine.close()
+    _assert_same_embeddings(ray_output, local_output)
+
+
+def test_spark_matches_local(spark_session, config, shards, local_output, tmp_path):
+    with get_engine("spark") as engine:
+        spark_output = _embed(engine, embed_stage_spec(config), shards, tmp_path)
+    _assert_same_embeddings(spark_output, local_output)

@@ -11,10 +11,10 @@ import pytest
 from PIL import Image
 
 from curation.engines import get_engine
-from curation.pipeline import CurationConfig
-from curation.sources import list_image_files, write_encoded_shards
+from curation.jobs.config import CurationConfig
+from curation.jobs.ingest import run_ingest
+from curation.readers.image_files import list_image_files, write_encoded_shards
 from curation.stages.exact_dedup import exact_duplicates
-from curation.stages.ingest import run_ingest
 from curation.stages.near_dedup import close_pairs, hash_codes, near_duplicates
 from curation.stages.phash import hamming, phash_bytes
 from curation.synth.transforms import NEAR_EXACT_TRANSFORMS

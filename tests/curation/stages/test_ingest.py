@@ -15,12 +15,13 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from curation.engines import get_engine
 from curation.io import read_parquet
-from curation.pipeline import CurationConfig
+from curation.jobs.config import CurationConfig, IngestConfig
+from curation.jobs.ingest import run_ingest
+from curation.models.face_blur import FaceBlurConfig, FaceBlurrer
+from curation.readers.image_files import list_image_files, write_encoded_shards
 from curation.runner import run_stage
-from curation.sources import list_image_files, write_encoded_shards
 from curation.stages.base import StageSpec
-from curation.stages.face_blur import FaceBlurConfig, FaceBlurrer
-from curation.stages.ingest import IngestConfig, IngestStage, IngestStageConfig, run_ingest
+from curation.stages.ingest import IngestChecks, IngestStage, IngestStageConfig
 from schemas import IMAGE_RECORD_SCHEMA
 
 EXPECTED_STATUS = {
@@ -79,7 +80,7 @@ def test_size_and_aspect_filters(tmp_path):
         ],
         schema=ENCODED_IMAGE_SCHEMA,
     )
-    stage = IngestStage(IngestStageConfig(IngestConfig(min_side=32, max_aspect_ratio=10.0)))
+    stage = IngestStage(IngestStageConfig(IngestChecks(min_side=32, max_aspect_ratio=10.0)))
     stage.setup()
     statuses = stage(batch).column("status").to_pylist()
     assert statuses == ["rejected_too_small", "rejected_aspect_ratio", "ok"]
@@ -93,7 +94,7 @@ def test_a_50000_pixel_square_png_is_rejected_in_bounded_memory(small_web, tmp_p
         from pathlib import Path
         from curation.runner import run_stage
         from curation.rundir import StageDir
-        from curation.sources import write_encoded_shards
+        from curation.readers.image_files import write_encoded_shards
         from curation.stages.base import StageSpec
         from curation.stages.ingest import IngestStage
         from curation.engines import get_engine

@@ -2,6 +2,8 @@
 
 import json
 import tarfile
+from dataclasses import replace
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -10,8 +12,9 @@ import torch
 from curation.cli import main
 from curation.models.descriptor import load_descriptor_checkpoint
 from curation.models.embedder import load_embedder
-from curation.sources import list_image_files, write_encoded_shards
+from curation.readers.image_files import list_image_files, write_encoded_shards
 from curation.train_descriptor import DescriptorTrainConfig, train_descriptor
+from curation.train_descriptor import train as train_module
 from curation.train_descriptor.augment import AugmentConfig, CopyAugment
 from curation.train_descriptor.data import (
     EpochSampler,
@@ -78,13 +81,106 @@ def test_short_run_saves_a_checkpoint_the_embed_stage_loads(small_web, tmp_path)
     assert embedder.dim == 16 and embedder.scales == (32, 48)
 
 
-def test_time_budget_stops_training(small_web, tmp_path):
+def test_same_seed_same_steps_give_identical_weights(small_web, tmp_path):
+    # A loader process, mixing and augmentation all draw from seeded generators: on one machine
+    # (same thread count) two runs must agree bit for bit.
     loaders = [loader for _, loader in folder_loaders(small_web.pool_dir)[:40]]
-    cfg = DescriptorTrainConfig(**TINY, max_steps=10_000, time_budget_s=3.0, autocast="auto")
-    result = train_descriptor(cfg, loaders, tmp_path / "d.pt")
-    assert 8 <= result.steps < 10_000
-    assert result.seconds < 30
-    assert result.autocast in ("fp32", "bf16")
+    cfg = DescriptorTrainConfig(
+        **{**TINY, "num_workers": 1}, max_steps=3, autocast="fp32", mix_p=0.5, seed=3
+    )
+    weights = []
+    for run in ("a", "b"):
+        result = train_descriptor(cfg, loaders, tmp_path / f"{run}.pt")
+        model, _ = load_descriptor_checkpoint(result.checkpoint)
+        weights.append(model.state_dict())
+    assert weights[0].keys() == weights[1].keys()
+    for name, tensor in weights[0].items():
+        assert torch.equal(tensor, weights[1][name]), name
+    other, _ = load_descriptor_checkpoint(
+        train_descriptor(replace(cfg, seed=4), loaders, tmp_path / "c.pt").checkpoint
+    )
+    assert any(not torch.equal(t, weights[0][k]) for k, t in other.state_dict().items())
+
+
+class FakeClock:
+    """Training time that passes only when a batch is drawn: ``step_seconds(n)`` for batch n."""
+
+    def __init__(self, step_seconds):
+        self.now, self.batches, self.step_seconds = 0.0, 0, step_seconds
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    def ticking(self, loader_class):
+        clock = self
+
+        class TickingLoader(loader_class):
+            def __iter__(self):
+                for batch in super().__iter__():
+                    clock.batches += 1
+                    clock.now += clock.step_seconds(clock.batches)
+                    yield batch
+
+        return TickingLoader
+
+
+def train_on_fake_clock(monkeypatch, small_web, tmp_path, step_seconds, **overrides):
+    clock = FakeClock(step_seconds)
+    monkeypatch.setattr(train_module, "time", SimpleNamespace(perf_counter=clock.perf_counter))
+    monkeypatch.setattr(train_module, "DataLoader", clock.ticking(train_module.DataLoader))
+    loaders = [loader for _, loader in folder_loaders(small_web.pool_dir)[:16]]
+    # channels_last only slows these tiny CPU steps down; the clock is what is under test.
+    tiny = {**TINY, "augment": AugmentConfig(size=16), "channels_last": False}
+    cfg = DescriptorTrainConfig(**tiny, **overrides)
+    return train_descriptor(cfg, loaders, tmp_path / "d.pt"), cfg
+
+
+def test_time_budget_sizes_the_schedule_to_the_budget(monkeypatch, small_web, tmp_path):
+    # 0.5 s a step and a 10 s budget: 20 steps, over which the whole schedule (warmup to the peak,
+    # cosine down towards the floor) is played, instead of the first 20 of 10,000 steps.
+    result, cfg = train_on_fake_clock(
+        monkeypatch,
+        small_web,
+        tmp_path,
+        lambda batch: 0.5,
+        max_steps=10_000,
+        time_budget_s=10.0,
+        autocast="fp32",
+        log_every=1,
+    )
+    assert result.steps == 20 and result.seconds == 10.0
+    lrs = [record["lr"] for record in result.history]
+    # Steps 1-8 measure the speed (warming up over a 10,000-step schedule); from then on the
+    # schedule is the 20-step one: already in its cosine, ending near the floor.
+    assert len(lrs) == 20 and max(lrs[:7]) < 0.02 * cfg.lr
+    assert lrs[8] > 0.5 * cfg.lr and lrs[-1] < 0.05 * cfg.lr
+    assert all(later <= earlier for earlier, later in zip(lrs[8:], lrs[9:]))
+    _, meta = load_descriptor_checkpoint(result.checkpoint)
+    assert meta["train"]["steps"] == 20
+
+
+def test_time_budget_stops_a_run_that_slows_down(monkeypatch, small_web, tmp_path):
+    # Fast while the speed is measured (0.1 s a step), then 2 s a step: the schedule fitted to the
+    # early speed would run ~120 steps; the budget check stops the run once 12 s are spent.
+    result, _ = train_on_fake_clock(
+        monkeypatch,
+        small_web,
+        tmp_path,
+        lambda batch: 0.1 if batch <= 8 else 2.0,
+        max_steps=10_000,
+        time_budget_s=12.0,
+        autocast="fp32",
+    )
+    assert 12.0 <= result.seconds < 14.0  # stopped within one (slow) step of the budget
+    assert result.steps == 14  # 0.8 s for 8 steps, then 6 more of 2 s
+
+
+def test_max_steps_bounds_a_run_with_time_to_spare(monkeypatch, small_web, tmp_path):
+    result, _ = train_on_fake_clock(
+        monkeypatch, small_web, tmp_path, lambda batch: 0.5, max_steps=6, time_budget_s=1000.0,
+        autocast="fp32",
+    )  # fmt: skip
+    assert result.steps == 6 and result.seconds == 3.0
 
 
 def test_cli_trains_and_reports_micro_ap(small_web, tmp_path, capsys):

@@ -7,9 +7,8 @@ import tarfile
 
 import pytest
 
-from curation.download.names import UnsafeNameError
-from curation.download.shards import tar_members
-from curation.download.tar_index import TarIndexError, tar_index
+from curation.readers.tar_index import TarIndexError, tar_index, tar_members
+from curation.safe_names import UnsafeNameError
 
 
 def _write(path, members, fmt):

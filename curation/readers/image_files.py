@@ -34,8 +34,10 @@ def write_encoded_shards(
     """Pack files into ``part-NNNNN.parquet`` shards (bytes inline), keyed by file stem.
 
     Deterministic: the same files give the same shards. An existing complete shard is kept.
+    Relative paths are taken from the working directory (``url`` is a ``file://`` URI, which must
+    be absolute).
     """
-    files = sorted(Path(f) for f in files)
+    files = sorted(Path(f).absolute() for f in files)
     if rows_per_shard <= 0:
         raise ValueError("rows_per_shard must be positive")
     out_dir = Path(out_dir)

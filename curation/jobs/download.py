@@ -1,15 +1,15 @@
-"""Download: img2dataset over a URL list, made polite, safe, resumable and retryable.
+"""The download job: img2dataset over a URL list, made polite, safe, resumable and retryable.
 
-A global stage (a job over all shards, distributed by img2dataset itself: its ``multiprocessing``
-distributor on the local engine, ``ray`` on the Ray engine, ``pyspark`` on Spark):
+A job over all shards, distributed by img2dataset itself through the distributor the engine names
+(``multiprocessing`` on the local engine, ``ray`` on the Ray engine, ``pyspark`` on Spark):
 
 1. the URL list becomes a frozen URL plan (:mod:`curation.download.plan`): refused URLs recorded as
    ``blocked_address`` / ``invalid_url`` without a request, the rest ordered by host round-robin and
    cut into shards;
 2. img2dataset fetches the shards into ``download/raw/`` (incremental mode: a rerun skips finished
-   shards), its workers guarded at connection time (:mod:`curation.download.guard`);
+   shards), its workers guarded at connection time (:mod:`curation.download.network_guard`);
 3. each finished shard is converted to DOWNLOADED_SAMPLE and ENCODED_IMAGE parts
-   (:mod:`curation.download.shards`); ``stats.json`` counts every status and error.
+   (:mod:`curation.download.shards`); ``_stats.json`` counts every status and error.
 
 ``run_retry_failed`` re-downloads only failed samples and merges them back under their own keys
 (:mod:`curation.download.retry`).
@@ -26,16 +26,18 @@ from pathlib import Path
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from curation.config import ConfigError, dump_yaml
+from curation.config import ConfigError
 from curation.download.config import DownloadConfig, DownloadLayout, resume_signature
-from curation.download.img2dataset_job import distributor_for, run_img2dataset
-from curation.download.names import check_component
+from curation.download.img2dataset_job import run_img2dataset
+from curation.download.network_guard import NetworkPolicy
 from curation.download.plan import UrlPlan, build_plan, check_signature, load_plan
-from curation.download.safety import NetworkPolicy
 from curation.download.shards import STATUS_SUCCESS, convert_shard, finished_shards
 from curation.download.url_lists import fingerprint, read_url_list, url_list_files
-from curation.io import read_json, sweep_temp_files, write_bytes_atomic, write_parquet_atomic
+from curation.engines import Engine
+from curation.io import read_json, sweep_temp_files, write_parquet_atomic
+from curation.jobs.config import CurationConfig
 from curation.rundir import StageDir
+from curation.safe_names import check_component
 from schemas import DOWNLOADED_SAMPLE_SCHEMA
 
 logger = logging.getLogger(__name__)
@@ -60,17 +62,17 @@ class DownloadIncomplete(RuntimeError):
     """img2dataset left shards unfinished; rerunning the same command resumes them."""
 
 
-def download_layout(cfg) -> DownloadLayout:
+def download_layout(cfg: CurationConfig) -> DownloadLayout:
     check_component(cfg.name, "run name")
     return DownloadLayout(cfg.run_dir.stage(STAGE).path)
 
 
-def encoded_image_shards(cfg) -> list[Path]:
+def encoded_image_shards(cfg: CurationConfig) -> list[Path]:
     """The ENCODED_IMAGE parts of a finished download: the input of ingest."""
     return download_layout(cfg).encoded_parts()
 
 
-def downloaded_sample_shards(cfg) -> list[Path]:
+def downloaded_sample_shards(cfg: CurationConfig) -> list[Path]:
     """The DOWNLOADED_SAMPLE parts: every URL with its final download status."""
     return download_layout(cfg).sample_parts()
 
@@ -171,7 +173,7 @@ def write_download_stats(layout: DownloadLayout, stage: StageDir, **extra) -> di
     return stats
 
 
-def run_download(cfg, engine) -> dict:
+def run_download(cfg: CurationConfig, engine: Engine) -> dict:
     """Download ``cfg.download.url_list`` into ``<run>/download/``; resumes an interrupted run.
 
     ``engine`` picks img2dataset's distributor. Returns the stage's stats. Raises
@@ -193,12 +195,12 @@ def run_download(cfg, engine) -> dict:
     if stage.is_complete():
         logger.info("download of run %s is already complete; skipping", cfg.name)
         return stage.read_stats()
-    distributor = distributor_for(engine.name)
+    distributor = engine.img2dataset_distributor
     start = time.perf_counter()
     layout.root.mkdir(parents=True, exist_ok=True)
     cfg.run_dir.save_config(cfg)
-    # The run's config.yaml is rewritten by every job; --retry-failed needs this one.
-    write_bytes_atomic(layout.config, dump_yaml(cfg).encode())
+    # The run's _config.yaml is rewritten by every job; --retry-failed needs this one.
+    stage.save_config(cfg)
     if plan is None:
         table = read_url_list(
             Path(settings.url_list),
@@ -206,6 +208,8 @@ def run_download(cfg, engine) -> dict:
             caption_col=settings.caption_col,
             keep_extra_columns=settings.keep_extra_columns,
         )
+        if table.num_rows == 0:
+            raise ConfigError(f"URL list {settings.url_list} holds no URLs")
         plan = build_plan(
             layout.urls,
             table,
@@ -234,7 +238,7 @@ def run_download(cfg, engine) -> dict:
     return stats
 
 
-def run_retry_failed(cfg, engine) -> dict:
+def run_retry_failed(cfg: CurationConfig, engine: Engine) -> dict:
     """Re-download the samples of run ``cfg.name`` whose status is in ``download.retry_statuses``
     and merge the recovered ones back under their keys; returns the updated stats."""
     from curation.download.retry import retry_failed
@@ -249,7 +253,7 @@ def run_retry_failed(cfg, engine) -> dict:
     saved = read_json(layout.urls / "plan.json")["signature"]
     check_signature(layout.urls, {"url_list": saved["url_list"], **resume_signature(cfg.download)})
     start = time.perf_counter()
-    summary = retry_failed(cfg, layout, distributor_for(engine.name))
+    summary = retry_failed(cfg, layout, engine.img2dataset_distributor)
     stats = stage.read_stats()
     retries = stats.get("retries", []) + ([summary] if summary else [])
     stage.write_stats({**stats, "retries": retries})
