@@ -13,6 +13,7 @@ from pathlib import Path
 from curation.download.config import DownloadConfig
 from curation.engines import EngineConfig
 from curation.rundir import RunDir
+from curation.stages.copy_dedup import CopyDedupConfig
 from curation.stages.decode import DecodeConfig
 from curation.stages.embed import EmbedConfig
 from curation.stages.ingest import IngestChecks
@@ -54,6 +55,7 @@ class CurationConfig:
     embed: EmbedConfig = field(default_factory=EmbedConfig)
     download: DownloadConfig = field(default_factory=DownloadConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
+    dedup: CopyDedupConfig = field(default_factory=CopyDedupConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
 
     @property

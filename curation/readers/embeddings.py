@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from curation.readers.input_shards import read_shard_schema
 from schemas import STATUS_OK, SchemaError
 
 
@@ -20,6 +21,17 @@ def read_embeddings(paths: list[Path]) -> tuple[list[str], np.ndarray]:
     """Keys and the ``(n, dim)`` float32 matrix of the ``ok`` rows of EMBEDDING shards."""
     tables = []
     for path in paths:
+        schema = read_shard_schema(Path(path))
+        field = schema.field("embedding") if "embedding" in schema.names else None
+        if (
+            "key" not in schema.names
+            or field is None
+            or not pa.types.is_fixed_size_list(field.type)
+        ):
+            raise SchemaError(
+                f"{path}: not EMBEDDING shards (need 'key' and a fixed-size list 'embedding'); "
+                f"found {schema.names}"
+            )
         table = pq.read_table(path)
         if "status" in table.column_names:
             table = table.filter(pc.equal(table.column("status"), STATUS_OK))

@@ -138,6 +138,15 @@ ROWS = [
     row("ingest_bad_bool", "ingest", "ingest.face_blur.enabled=maybe", expect="'maybe'"),
     row("ingest_config_missing", "ingest", "--config", "nope.yaml", expect="nope.yaml"),
     row("ingest_config_not_mapping", "ingest", "--config", "list.yaml", expect="list.yaml"),
+    # dedup
+    row("dedup_embeddings_missing", "dedup", "--embeddings", "nope", expect="nope does not exist"),
+    row("dedup_embeddings_wrong_schema", "dedup", "--embeddings", "wrong", expect="not EMBEDDING"),
+    row("dedup_embeddings_corrupt", "dedup", "--embeddings", "corrupt", expect="part-0.parquet"),
+    row("dedup_records_missing", "dedup", "--records", "{root}/gone", expect="{root}/gone"),
+    row("dedup_eval_missing", "dedup", "--eval", "bench=nope", expect="'bench' nope does not"),
+    row("dedup_eval_bad_name", "dedup", "--eval", "..=wrong", expect="not a safe file name"),
+    row("dedup_nothing_embedded", "dedup", "--run", "fresh", expect="run `lvd embed` first"),
+    row("dedup_threshold_range", "dedup", "dedup.threshold=2", expect="in [-1, 1]"),
     # embed
     row("embed_images_missing", "embed", "--images", "{root}/nope", expect="{root}/nope"),
     row("embed_tars_missing", "embed", "--tars", "nope", expect="nope does not exist"),
