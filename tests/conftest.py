@@ -29,6 +29,7 @@ REQUIRED_UNDER_CI = {
     "faiss": "a core dependency (faiss-cpu)",
     "webdataset": "the [dev] extra",
     "img2dataset": "a core dependency",
+    "skimage": "the [dev] extra (scikit-image: the real pictures of the copy-detection tests)",
 }
 
 SMALL_WEB = SynthConfig(

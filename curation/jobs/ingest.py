@@ -23,7 +23,7 @@ from curation.runner import TABLE_OUTPUT, run_stage, run_table_stage
 from curation.stages.base import StageSpec
 from curation.stages.exact_dedup import exact_duplicates, read_ok_hashes
 from curation.stages.ingest import IngestStage, IngestStageConfig
-from curation.stages.near_dedup import near_duplicates, read_hashes
+from curation.stages.near_dedup import near_dedup_component_stats, near_duplicates, read_hashes
 from curation.stages.phash import PhashConfig, PhashStage
 from curation.stages.unique_images import UniqueImagesConfig, UniqueImagesStage
 from schemas import HASH_DEDUP_SCHEMA
@@ -105,12 +105,18 @@ def run_ingest(cfg: CurationConfig, engine: Engine, inputs: list[Path] | None = 
             lambda: near_duplicates(
                 read_hashes(hashes, excluded),
                 near.max_distance,
+                guard=near.guard,
                 flat_index_limit=near.flat_index_limit,
             ),
             HASH_DEDUP_SCHEMA,
             run.stage("dedup_near"),
             config=near,
-            summarize=lambda table: {**dedup_summary(table), "max_distance": near.max_distance},
+            summarize=lambda table: {
+                **dedup_summary(table),
+                "max_distance": near.max_distance,
+                "guard": near.guard,
+                "groups": near_dedup_component_stats(table),
+            },
         )
         dedup_outputs.append(run.stage("dedup_near").path / TABLE_OUTPUT)
     unique = StageSpec(UniqueImagesStage, UniqueImagesConfig(tuple(map(str, dedup_outputs))))

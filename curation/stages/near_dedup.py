@@ -5,8 +5,15 @@ IMAGE_HASH rows of every image that survived exact dedup. Pairs within the
 distance are found by a faiss binary index range search (a flat index, or a multi-hash index beyond
 ``flat_index_limit`` images: 8 tables of 8 bits with ``max_distance // 8`` bit flips finds every
 pair within the distance by the pigeonhole principle), never by a Python loop over pairs. Pairs are
-edges; each connected component keeps its first key and records the others as ``near_duplicate``
-of it, with their Hamming distance to it.
+edges; each group keeps its first key (key order) and records the others as ``near_duplicate`` of
+it, with their Hamming distance to it.
+
+**Chaining guard** (on by default): a group is built by
+:func:`curation.index.components.greedy_star`, so an image joins a group only if it is within
+``max_distance`` of the group's kept image. Plain connected components (``guard=False``, union-find
+as in LVD-142M) chain: on real images, copies of different pictures in one meme template or
+screenshot frame sit 4-8 bits apart and link whole families of unrelated pictures through such hub
+images (issue 10).
 """
 
 from __future__ import annotations
@@ -19,6 +26,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from curation.index.components import (
+    component_stats,
+    connected_components,
+    guarded_hamming_components,
+    labels_of,
+)
 from schemas import DEDUP_REASON_KEPT, HASH_DEDUP_SCHEMA
 
 REASON_NEAR = "near_duplicate"
@@ -30,6 +43,8 @@ class NearDedupConfig:
     enabled: bool = True
     max_distance: int = 6  # of 64 bits; re-encodes and mild resizes of the synthetic web stay <= 4
     flat_index_limit: int = 200_000  # above this many images, use a multi-hash index
+    # An image joins a group only within max_distance of the kept image (no union-find chains).
+    guard: bool = True
 
 
 def hash_codes(phash: np.ndarray) -> np.ndarray:
@@ -66,14 +81,16 @@ def close_pairs(codes: np.ndarray, max_distance: int, *, multi_hash: bool = Fals
     return np.concatenate(found)
 
 
-def _components(n: int, pairs: np.ndarray) -> np.ndarray:
-    """Each node's component root: the smallest index in its connected component."""
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
-    graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
-    _, labels = connected_components(graph, directed=False)
-    _, first = np.unique(labels, return_index=True)  # first occurrence = smallest index
+def representatives(n: int, pairs: np.ndarray, max_distance: int, *, guard: bool) -> np.ndarray:
+    """Each node's representative index for the ``(i, j, distance)`` pairs of :func:`close_pairs`,
+    nodes ranked by index (the caller sorts by key): with ``guard``, the greedy star (every member
+    within ``max_distance`` of its representative); without, the smallest index of its connected
+    component."""
+    i, j, distance = pairs[:, 0], pairs[:, 1], pairs[:, 2]
+    if guard:
+        return guarded_hamming_components(n, i, j, distance, np.arange(n), max_distance)
+    labels = connected_components(n, i, j)  # numbered by smallest member, so in index order
+    _, first = np.unique(labels, return_index=True)
     return first[labels]
 
 
@@ -81,16 +98,18 @@ def near_duplicates(
     table: pa.Table,
     max_distance: int,
     *,
+    guard: bool = True,
     multi_hash: bool | None = None,
     flat_index_limit: int = 200_000,
 ) -> pa.Table:
-    """HASH_DEDUP rows for a (key, phash) table with distinct keys."""
+    """HASH_DEDUP rows for a (key, phash) table with distinct keys; ``guard``: see the module
+    docstring (False: connected components, as before the guard)."""
     table = table.select(["key", "phash"]).sort_by("key")
     n = table.num_rows
     codes = hash_codes(table.column("phash").to_numpy())
     use_multi_hash = n > flat_index_limit if multi_hash is None else multi_hash
     pairs = close_pairs(codes, max_distance, multi_hash=use_multi_hash)
-    roots = _components(n, pairs)
+    roots = representatives(n, pairs, max_distance, guard=guard)
     keep = roots == np.arange(n)
     keys = table.column("key")
     distances = np.unpackbits(codes ^ codes[roots], axis=1).sum(axis=1)
@@ -109,6 +128,18 @@ def near_duplicates(
         },
         schema=HASH_DEDUP_SCHEMA,
     )
+
+
+def near_dedup_component_stats(result: pa.Table, top: int = 10) -> dict:
+    """Group-size histogram and the largest groups' keys of a :func:`near_duplicates` result
+    (:func:`curation.index.components.component_stats`), for the stage's stats file."""
+    keys = result.column("key").to_pylist()
+    index = {key: position for position, key in enumerate(keys)}
+    kept_as = [
+        index[key if rep is None else rep]
+        for key, rep in zip(keys, result.column("duplicate_of").to_pylist())
+    ]
+    return component_stats(labels_of(np.asarray(kept_as, dtype=np.int64)), keys, top)
 
 
 def read_hashes(hash_shards: list[Path], excluded: Path | None = None) -> pa.Table:

@@ -77,7 +77,7 @@ def test_every_stage_saves_its_config_and_stats_as_metadata(run):
     near = yaml.safe_load((run / "dedup_near" / "_config.yaml").read_text())
     assert near == {
         "stage": "near_dedup",
-        "config": {"enabled": True, "max_distance": 6, "flat_index_limit": 200000},
+        "config": {"enabled": True, "guard": True, "max_distance": 6, "flat_index_limit": 200000},
     }
     embed = yaml.safe_load((run / "embed_sscd" / "_config.yaml").read_text())
     assert embed["stage"] == "embed" and embed["config"]["model"] == "descriptor"

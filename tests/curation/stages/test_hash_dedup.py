@@ -15,7 +15,12 @@ from curation.jobs.config import CurationConfig
 from curation.jobs.ingest import run_ingest
 from curation.readers.image_files import list_image_files, write_encoded_shards
 from curation.stages.exact_dedup import exact_duplicates
-from curation.stages.near_dedup import close_pairs, hash_codes, near_duplicates
+from curation.stages.near_dedup import (
+    close_pairs,
+    hash_codes,
+    near_dedup_component_stats,
+    near_duplicates,
+)
 from curation.stages.phash import hamming, phash_bytes
 from curation.synth.transforms import NEAR_EXACT_TRANSFORMS
 from schemas import HASH_DEDUP_SCHEMA, validate
@@ -36,15 +41,44 @@ def test_exact_dedup_keeps_the_first_key_and_names_it():
     assert rows["c"]["reason"] == "exact_duplicate" and rows["c"]["hamming_distance"] == 0
 
 
-def test_near_dedup_links_within_the_distance_transitively():
+def _chain_table() -> pa.Table:
     base = 0x0F0F_0F0F_0F0F_0F0F
+    # b is 3 bits from a; c is 3 bits from b and 6 from a; d and e are far from all.
     hashes = [base, base ^ 0b111, base ^ 0b111 ^ (0b111 << 20), ~base, base ^ (0xFF << 8)]
-    table = pa.table({"key": list("abcde"), "phash": pa.array(hashes, pa.int64())})
-    rows = {r["key"]: r for r in near_duplicates(table, max_distance=4).to_pylist()}
-    assert rows["a"]["keep"] and rows["d"]["keep"] and rows["e"]["keep"]
+    return pa.table({"key": list("abcde"), "phash": pa.array(hashes, pa.int64())})
+
+
+def test_near_dedup_without_the_guard_links_within_the_distance_transitively():
+    rows = {
+        r["key"]: r
+        for r in near_duplicates(_chain_table(), max_distance=4, guard=False).to_pylist()
+    }
+    assert [k for k, r in rows.items() if r["keep"]] == ["a", "d", "e"]
     assert rows["b"]["duplicate_of"] == "a" and rows["b"]["hamming_distance"] == 3
-    # c is 3 bits from b and 6 from a: linked to a through b.
+    # c is linked to a through b although 6 bits from it.
     assert rows["c"]["duplicate_of"] == "a" and rows["c"]["hamming_distance"] == 6
+
+
+def test_near_dedup_guard_keeps_an_image_out_of_reach_of_the_kept_one():
+    result = near_duplicates(_chain_table(), max_distance=4)  # the guard is the default
+    validate(result, HASH_DEDUP_SCHEMA)
+    rows = {r["key"]: r for r in result.to_pylist()}
+    assert rows["b"]["duplicate_of"] == "a" and rows["b"]["hamming_distance"] == 3
+    # b was taken by a, so c (6 bits from a) starts its own group instead of chaining.
+    assert rows["c"]["keep"] and rows["c"]["duplicate_of"] is None
+    assert [k for k, r in rows.items() if r["keep"]] == ["a", "c", "d", "e"]
+    dropped = [r for r in rows.values() if not r["keep"]]
+    assert all(r["hamming_distance"] <= 4 for r in dropped)
+
+
+def test_component_stats_name_the_largest_groups():
+    result = near_duplicates(_chain_table(), max_distance=4, guard=False)
+    stats = near_dedup_component_stats(result)
+    assert stats["images"] == 5 and stats["components"] == 3
+    assert stats["size_histogram"] == {"1": 2, "3": 1}
+    assert stats["largest"] == [["a", "b", "c"]]
+    guarded = near_dedup_component_stats(near_duplicates(_chain_table(), max_distance=4))
+    assert guarded["size_histogram"] == {"1": 3, "2": 1} and guarded["largest"] == [["a", "b"]]
 
 
 def test_multi_hash_index_finds_exactly_the_pairs_the_flat_index_finds():
