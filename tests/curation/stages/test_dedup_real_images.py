@@ -1,0 +1,227 @@
+"""Dedup on real pictures (issue 10's acceptance): near-exact (pHash) and copy-detection dedup on
+the real-image copy set (:mod:`curation.eval.copy_edits`), with the chaining guard on and off.
+
+Measured on this set (seed 0, 6 copies per picture: 23 pictures, 137 images, 393 true copy pairs),
+2 CPU cores:
+
+* pHash, Hamming <= 6: 70 edges, all between copies of one picture. Guard on: 0 wrongly merged
+  pictures, pair precision 1.000, recall 0.176; guard off: 0 wrongly merged, precision 1.000,
+  recall 0.181. pHash finds re-encodes, resizes and mild colour changes, not crops, flips, frames.
+  With 12 copies per picture (seeds 0 and 1) phone-screenshot copies of *different* pictures hash
+  within 2-6 bits of each other (the chrome dominates the hash): a direct edge, which no chaining
+  guard can stop: 4 and 6 pictures wrongly merged with the guard, 4 and 7 without.
+* Descriptor (width 32, 128-d, 64 px, 100 steps on the 23 unedited pictures, about 20 s): pair
+  micro-AP 0.51 (untrained 0.29). At the default cosine 0.6 almost every pair of images is an edge:
+  guard off merges all 137 images into one group (pair precision 0.042, recall 1.0); guard on
+  (representative: most pixels, then smallest key): precision 0.092, recall 0.702, largest group 58,
+  every one of the 23 pictures merged with another. Precision
+  0.95 needs cosine > 0.989 on this descriptor (recall 0.17); SSCD-style normalisation (cosine less
+  the mean of each image's 5th-20th neighbour similarities) raises micro-AP to 0.52. 0.6 is the
+  SSCD operating point for a descriptor trained on DISC21 at scale, not for this one: the threshold
+  must come from a target precision measured on real copies (issue 10, point 3b).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+pytest.importorskip("skimage", reason="the real pictures ship with scikit-image (the dev extra)")
+
+from curation.eval.copy_detection import micro_average_precision  # noqa: E402
+from curation.eval.copy_edits import build_real_copy_set, copy_pairs  # noqa: E402
+from curation.index.components import (  # noqa: E402
+    connected_components,
+    guarded_components,
+    priority_rank,
+)
+from curation.index.knn import knn_pairs  # noqa: E402
+from curation.models.embedder import load_embedder  # noqa: E402
+from curation.models.inference import BatchEmbedder, InferenceOptions  # noqa: E402
+from curation.stages.near_dedup import close_pairs, hash_codes, near_duplicates  # noqa: E402
+from curation.stages.phash import phash_bytes  # noqa: E402
+from curation.train_descriptor import DescriptorTrainConfig, train_descriptor  # noqa: E402
+from curation.train_descriptor.config import AugmentConfig  # noqa: E402
+
+MAX_DISTANCE = 6  # NearDedupConfig's default
+THRESHOLD, K = 0.6, 64  # CopyDedupConfig's defaults (SPEC.md section 1)
+TRAIN_STEPS = 100
+
+
+def _read(path: str) -> bytes:
+    return Path(path).read_bytes()
+
+
+@pytest.fixture(scope="module")
+def copy_set(tmp_path_factory):
+    return build_real_copy_set(tmp_path_factory.mktemp("real") / "set", seed=0)
+
+
+def _groups(keys: list[str], representative) -> dict[str, list[str]]:
+    groups: dict[str, list[str]] = defaultdict(list)
+    for key, rep in zip(keys, representative):
+        groups[rep].append(key)
+    return groups
+
+
+def _figures(groups: dict[str, list[str]], picture: dict[str, str], true: set) -> dict:
+    """Pair precision and recall of a grouping, and the pictures merged with another picture."""
+    grouped = {
+        tuple(sorted((a, b))) for members in groups.values() for a in members for b in members
+    } - {(k, k) for k in picture}
+    found = len(grouped & true)
+    mixed = [
+        sorted({picture[k] for k in m}) for m in groups.values() if len({picture[k] for k in m}) > 1
+    ]
+    return {
+        "precision": found / len(grouped) if grouped else 1.0,
+        "recall": found / len(true),
+        "wrongly_merged": sorted({p for pictures in mixed for p in pictures}),
+        "largest": max(len(m) for m in groups.values()),
+    }
+
+
+@pytest.fixture(scope="module")
+def hashed(copy_set):
+    keys = copy_set.ground_truth.column("key").to_pylist()
+    hashes = [phash_bytes(copy_set.path(key).read_bytes()) for key in keys]
+    return pa.table({"key": keys, "phash": pa.array(hashes, pa.int64())})
+
+
+def _phash_groups(hashed, guard: bool) -> dict[str, list[str]]:
+    result = near_duplicates(hashed, MAX_DISTANCE, guard=guard)
+    keys = result.column("key").to_pylist()
+    reps = [rep or key for key, rep in zip(keys, result.column("duplicate_of").to_pylist())]
+    return _groups(keys, reps)
+
+
+def test_near_exact_dedup_with_the_guard_merges_no_two_pictures(copy_set, hashed):
+    gt = copy_set.ground_truth
+    picture = dict(zip(gt.column("key").to_pylist(), gt.column("picture_id").to_pylist()))
+    true = copy_pairs(gt)
+    guarded = _figures(_phash_groups(hashed, guard=True), picture, true)
+    chained = _figures(_phash_groups(hashed, guard=False), picture, true)
+    print(f"\npHash <= {MAX_DISTANCE}: guard on {guarded}\n  guard off {chained}")
+    assert guarded["wrongly_merged"] == []
+    assert set(guarded["wrongly_merged"]) <= set(chained["wrongly_merged"])
+    assert 0.1 < guarded["recall"] <= chained["recall"]  # it finds copies, a subset of the chains
+
+
+def test_near_exact_guard_leaves_only_direct_matches(copy_set, hashed):
+    """Every image the guard drops is within the distance of the image it keeps instead."""
+    result = near_duplicates(hashed, MAX_DISTANCE).to_pylist()
+    dropped = [r for r in result if not r["keep"]]
+    assert dropped and all(r["hamming_distance"] <= MAX_DISTANCE for r in dropped)
+    codes = hash_codes(hashed.column("phash").to_numpy())
+    edges = close_pairs(codes, MAX_DISTANCE)
+    keys = hashed.column("key").to_pylist()
+    linked = {(keys[i], keys[j]) for i, j, _ in edges} | {(keys[j], keys[i]) for i, j, _ in edges}
+    assert all((r["key"], r["duplicate_of"]) in linked for r in dropped)
+
+
+@pytest.fixture(scope="module")
+def descriptors(copy_set, tmp_path_factory):
+    """Embeddings of every image by a descriptor trained briefly on the unedited pictures only
+    (originals and distractors: never a copy), and by the same network untrained."""
+    rows = copy_set.ground_truth.to_pylist()
+    train = [
+        functools.partial(_read, str(copy_set.path(r["key"])))
+        for r in rows
+        if r["kind"] in ("original", "distractor")
+    ]
+    cfg = DescriptorTrainConfig(
+        width=32,
+        dim=128,
+        augment=AugmentConfig(size=64),
+        batch_size=16,  # 23 training pictures
+        max_steps=TRAIN_STEPS,
+        time_budget_s=None,
+        autocast="fp32",
+        threads=1,
+        num_workers=0,
+        seed=0,
+    )
+    folder = tmp_path_factory.mktemp("descriptor")
+    result = train_descriptor(cfg, train, folder / "trained.pt", init_checkpoint=folder / "init.pt")
+    loaders = [functools.partial(_read, str(copy_set.path(r["key"]))) for r in rows]
+    out = {}
+    for name, checkpoint in (("trained", result.checkpoint), ("untrained", folder / "init.pt")):
+        embedder = BatchEmbedder(
+            load_embedder("descriptor", checkpoint),
+            InferenceOptions(device="cpu", num_workers=0, batch_size=64),
+        )
+        embedded = embedder.embed(loaders)
+        embedder.close()
+        assert not embedded.failures and len(embedded.embeddings) == len(rows)
+        out[name] = embedded.embeddings
+    return out
+
+
+def _copy_dedup(copy_set, vectors, threshold: float, guard: bool):
+    gt = copy_set.ground_truth
+    keys = gt.column("key").to_pylist()
+    pixels = (np.asarray(gt.column("width")) * np.asarray(gt.column("height"))).astype(np.int64)
+    rank = priority_rank(pixels, keys)
+    i, j, sim = knn_pairs(vectors, K, threshold)
+    if guard:
+        rep = guarded_components(len(keys), i, j, sim, rank, threshold)
+    else:
+        labels = connected_components(len(keys), i, j)
+        best = {}
+        for node in np.argsort(rank, kind="stable"):
+            best.setdefault(labels[node], node)
+        rep = np.array([best[label] for label in labels])
+    return keys, rep, (i, j, sim)
+
+
+def test_training_on_the_pictures_alone_improves_copy_detection_of_real_copies(
+    copy_set, descriptors
+):
+    gt = copy_set.ground_truth
+    picture = gt.column("picture_id").to_pylist()
+    true = copy_pairs(gt)
+    scores = {}
+    for name, vectors in descriptors.items():
+        i, j, sim = knn_pairs(vectors, K, -1.0)  # every neighbour: the whole ranking
+        labels = np.array([picture[a] == picture[b] for a, b in zip(i, j)])
+        scores[name] = micro_average_precision(sim, labels, len(true))
+    print(f"\npair micro-AP on real copies: {scores}")
+    assert scores["trained"] > scores["untrained"] + 0.1
+
+
+def test_copy_dedup_guard_keeps_every_member_above_the_threshold_with_its_representative(
+    copy_set, descriptors
+):
+    gt = copy_set.ground_truth
+    picture = dict(zip(gt.column("key").to_pylist(), gt.column("picture_id").to_pylist()))
+    true = copy_pairs(gt)
+    vectors = descriptors["trained"] / np.linalg.norm(descriptors["trained"], axis=1, keepdims=True)
+    figures = {}
+    for guard in (True, False):
+        keys, rep, _ = _copy_dedup(copy_set, vectors, THRESHOLD, guard)
+        figures[guard] = _figures(_groups(keys, [keys[r] for r in rep]), picture, true)
+        if guard:
+            members = np.flatnonzero(rep != np.arange(len(keys)))
+            cosine = np.einsum("ij,ij->i", vectors[members], vectors[rep[members]])
+            assert np.all(cosine > THRESHOLD - 1e-5)
+    print(f"\ncopy dedup at cosine > {THRESHOLD}: guard on {figures[True]}\n  off {figures[False]}")
+    assert figures[True]["largest"] <= figures[False]["largest"]
+    assert figures[True]["precision"] >= figures[False]["precision"]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a 20-second descriptor is far from SSCD: at cosine 0.6 it merges distinct pictures "
+    "(see the module docstring); passes once the descriptor or calibrated scores are good enough",
+)
+def test_copy_dedup_at_the_default_threshold_merges_no_two_pictures(copy_set, descriptors):
+    gt = copy_set.ground_truth
+    picture = dict(zip(gt.column("key").to_pylist(), gt.column("picture_id").to_pylist()))
+    keys, rep, _ = _copy_dedup(copy_set, descriptors["trained"], THRESHOLD, guard=True)
+    groups = _groups(keys, [keys[r] for r in rep])
+    assert _figures(groups, picture, copy_pairs(gt))["wrongly_merged"] == []
