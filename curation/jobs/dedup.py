@@ -29,7 +29,7 @@ from curation.index.partition import (
 )
 from curation.io import write_parquet_atomic
 from curation.jobs.config import CurationConfig
-from curation.jobs.ingest import unique_image_shards
+from curation.jobs.ingest import dedup_summary, unique_image_shards
 from curation.readers.embeddings import read_embeddings
 from curation.runner import TABLE_OUTPUT, run_stage, run_table_stage
 from curation.stages.base import StageSpec
@@ -167,7 +167,7 @@ def run_dedup(
         DEDUP_COMPONENT_SCHEMA,
         run.stage("dedup_copy"),
         config=config,
-        summarize=lambda table: {**summarize_components(table), **details},
+        summarize=lambda table: {**dedup_summary(table), **details},
     )
     components = str(run.stage("dedup_copy").path / TABLE_OUTPUT)
     unique = StageSpec(UniqueImagesStage, UniqueImagesConfig((components,)))
@@ -175,13 +175,3 @@ def run_dedup(
         unique, records, run.stage("deduplicated_images"), engine
     )
     return stats
-
-
-def summarize_components(table: pa.Table) -> dict:
-    """Rows in and kept, and images removed by reason, of a DEDUP_COMPONENT table."""
-    counts = pc.value_counts(table.column("reason")).to_pylist()
-    return {
-        "rows_in": table.num_rows,
-        "rows_out": int(pc.sum(table.column("keep")).as_py() or 0),
-        **{f"reason_{c['values']}": c["counts"] for c in counts},
-    }

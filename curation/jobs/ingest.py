@@ -32,7 +32,8 @@ BLURRED = "_blurred"  # under ingest/: metadata names start with "_", so the fol
 
 
 def dedup_summary(result: pa.Table) -> dict:
-    """Rows in and kept, and how many rows each reason covers, of a HASH_DEDUP table."""
+    """Rows in and kept, and how many rows each reason covers, of a HASH_DEDUP or DEDUP_COMPONENT
+    table (both hold ``keep`` and ``reason`` per image)."""
     counts = pc.value_counts(result.column("reason")).to_pylist()
     return {
         "rows_in": result.num_rows,
