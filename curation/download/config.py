@@ -135,8 +135,6 @@ class DownloadLayout:
         self.encoded = self.root / ("encoded" if legacy else "_encoded")
         self.markers = self.root / "_shards"
         self.retries = self.root / ("retries" if legacy else "_retries")
-        # the config the download ran with
-        self.config = self.root / ("config.yaml" if legacy else "_config.yaml")
 
     def part(self, directory: Path, shard_id: int) -> Path:
         return directory / f"part-{shard_id:05d}.parquet"
