@@ -204,13 +204,20 @@ def _merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_config(
-    cls: type[T], files: list[Path] | tuple[Path, ...] = (), overrides: list[str] | tuple = ()
+    cls: type[T],
+    files: list[Path] | tuple[Path, ...] = (),
+    overrides: list[str] | tuple = (),
+    *,
+    base: dict[str, Any] | None = None,
 ) -> T:
-    """Defaults from ``cls``, then each YAML file as an overlay, then ``key=value`` overrides."""
+    """Defaults from ``cls``, then ``base`` (e.g. a named preset), then each YAML file as an
+    overlay, then ``key=value`` overrides."""
     data = to_dict(cls())
+    if base:
+        data = _merge(data, base)
     for path in files:
         path = Path(path)
-        if not path.is_file():
+        if not path.exists():
             raise ConfigError(f"config file {path} does not exist")
         if not path.is_file():
             raise ConfigError(f"config file {path} is not a file")

@@ -23,6 +23,12 @@ class AugmentConfig:
     p_emoji: float = 0.15
     p_jpeg: float = 0.4
     jpeg_quality: tuple[int, int] = (15, 90)
+    # Edits of real-world copies (DISC21 / AugLy families) beyond SSCD's set; 0 = off.
+    p_rotate: float = 0.0  # rotation by up to 30 degrees or a quarter turn, corners filled
+    p_perspective: float = 0.0  # a random perspective warp (a photo of a screen or print)
+    p_pixelate: float = 0.0  # blocks of 1/6-1/16 of the side
+    p_frame: float = 0.0  # a meme frame (caption bars) or screenshot chrome around the view
+    p_underlay: float = 0.0  # the view pasted onto another training image (picture in picture)
 
 
 @dataclass(frozen=True)

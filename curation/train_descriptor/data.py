@@ -136,6 +136,17 @@ class TwoViewDataset(Dataset):
             self._cache[index] = image
         return image
 
+    def _other(self, index: int, rng: np.random.Generator) -> Image.Image | None:
+        """Another image, the background of the underlay edit (None when it is off or fails)."""
+        if self.augment.config.p_underlay <= 0 or len(self.loaders) < 2:
+            return None
+        other = int(rng.integers(len(self.loaders) - 1))
+        other += other >= index
+        try:
+            return self._image(other)
+        except (ImageRejected, OSError):
+            return None
+
     def __getitem__(self, sample_id: int) -> tuple[torch.Tensor, int]:
         rng = np.random.default_rng([self.seed, sample_id])
         n = len(self.loaders)
@@ -148,6 +159,7 @@ class TwoViewDataset(Dataset):
                     self._bad.add(index)
                     logger.warning("skipping training image %d: %s", index, exc)
                 continue
-            views = np.stack([self.augment(image, rng), self.augment(image, rng)])
+            other = self._other(index, rng)
+            views = np.stack([self.augment(image, rng, other), self.augment(image, rng, other)])
             return torch.from_numpy(views), index
         raise RuntimeError(f"{MAX_DECODE_TRIES} consecutive training images failed to decode")

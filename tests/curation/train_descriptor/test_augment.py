@@ -36,3 +36,30 @@ def test_every_operation_runs_on_tiny_and_odd_images():
     for seed, size in enumerate([(8, 8), (300, 20), (64, 64)]):
         out = augment(image(seed, size), np.random.default_rng(seed))
         assert out.shape == (32, 32, 3)
+
+
+def test_real_copy_edits_run_when_switched_on_and_change_the_view():
+    base = AugmentConfig(size=48, p_jitter=0, p_grayscale=0, p_blur=0, p_text=0, p_jpeg=0)
+    edits = ("p_rotate", "p_perspective", "p_pixelate", "p_frame", "p_underlay")
+    other = Image.new("RGB", (90, 70), (0, 255, 0))
+    plain = CopyAugment(base)(image(3), np.random.default_rng(5), other)
+    for edit in edits:
+        config = AugmentConfig(**{**base.__dict__, edit: 1.0})
+        out = CopyAugment(config)(image(3), np.random.default_rng(5), other)
+        assert out.shape == (48, 48, 3) and out.dtype == np.uint8
+        assert not np.array_equal(out, plain), edit
+
+
+def test_underlay_puts_the_view_on_the_other_image():
+    config = AugmentConfig(size=64, p_flip=0, p_pad=0, p_jitter=0, p_grayscale=0, p_blur=0)
+    config = AugmentConfig(**{**config.__dict__, "p_text": 0, "p_emoji": 0, "p_jpeg": 0})
+    config = AugmentConfig(**{**config.__dict__, "p_underlay": 1.0})
+    green = Image.new("RGB", (90, 70), (0, 255, 0))
+    red = Image.new("RGB", (100, 100), (255, 0, 0))
+    out = CopyAugment(config)(red, np.random.default_rng(0), green).reshape(-1, 3)
+    is_red = np.all(out == (255, 0, 0), axis=1).mean()
+    is_green = np.all(out == (0, 255, 0), axis=1).mean()
+    assert 0.1 < is_red < 0.7 and is_green > 0.3 and is_red + is_green > 0.95
+    # no other image (or the edit off): the view is the image alone
+    alone = CopyAugment(config)(red, np.random.default_rng(0), None).reshape(-1, 3)
+    assert np.all(alone == (255, 0, 0))
