@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from dataclasses import asdict
 from pathlib import Path
+
+from curation.train_descriptor.presets import PRESET_CHOICES
 
 
 def register(sub) -> None:
@@ -36,6 +39,14 @@ def register(sub) -> None:
         type=_sizes,
         default=(),
         help="comma-separated sizes for multi-scale evaluation, e.g. 128,160,224",
+    )
+    parser.add_argument(
+        "--preset",
+        default="auto",
+        choices=PRESET_CHOICES,
+        help="a named recipe under the config files and overrides: cpu-15min (a 15-minute CPU "
+        "run), gpu (15 minutes on one GPU), none (the plain defaults); auto (default): gpu when "
+        "CUDA is available, else cpu-15min",
     )
     parser.add_argument(
         "--config", type=Path, action="append", default=[], help="YAML config overlay (repeatable)"
@@ -78,13 +89,18 @@ def check_inputs(ns: argparse.Namespace):
 
 
 def run(ns: argparse.Namespace) -> int:
+    import torch
+
     from curation.config import ConfigError, load_config
     from curation.models.descriptor import descriptor_archs
     from curation.train_descriptor import DescriptorTrainConfig, train_descriptor
     from curation.train_descriptor.data import collect_loaders
     from curation.train_descriptor.evaluate import evaluate_on_synthetic_web
+    from curation.train_descriptor.presets import resolve_preset
 
-    cfg = load_config(DescriptorTrainConfig, ns.config, ns.overrides)
+    preset, base = resolve_preset(ns.preset, torch.cuda.is_available())
+    cfg = load_config(DescriptorTrainConfig, ns.config, ns.overrides, base=base)
+    logging.getLogger(__name__).info("preset %s", preset)
     if cfg.arch not in descriptor_archs():
         raise ConfigError(
             f"arch {cfg.arch!r} is not a descriptor; choose one of {descriptor_archs()}"
@@ -98,6 +114,7 @@ def run(ns: argparse.Namespace) -> int:
     result = train_descriptor(cfg, [loader for _, loader in loaders], out, init_checkpoint=init)
     summary: dict = {
         "checkpoint": str(result.checkpoint),
+        "preset": preset,
         "steps": result.steps,
         "seconds": round(result.seconds, 1),
         "autocast": result.autocast,
