@@ -115,6 +115,20 @@ def save_descriptor_checkpoint(
     return path
 
 
+def write_calibration(path: str | os.PathLike[str], calibration: Mapping[str, Any]) -> Path:
+    """Store a score calibration (:class:`curation.index.calibration.ScoreCalibration` as a
+    dict) in the checkpoint's ``inference`` settings, rewriting the file atomically; the embed
+    stage records it beside the embeddings and ``lvd dedup`` applies it."""
+    path = Path(path)
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    if not is_descriptor_checkpoint(payload):
+        raise DescriptorCheckpointError(f"{path} is not an lvd descriptor checkpoint")
+    payload["inference"] = {**payload.get("inference", {}), "calibration": dict(calibration)}
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    return path
+
+
 def is_descriptor_checkpoint(obj: Any) -> bool:
     return isinstance(obj, Mapping) and obj.get("format") == DESCRIPTOR_FORMAT
 
