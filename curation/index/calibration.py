@@ -155,3 +155,44 @@ def threshold_for_precision(
     best = int(np.flatnonzero(ok & (tp == tp[ok].max()))[0])
     below = s[best + 1] if best + 1 < len(s) else s[best] - 1e-3
     return float((s[best] + below) / 2), float(tp[best] / n_positives)
+
+
+def fit_calibration(
+    embeddings: np.ndarray,
+    i: np.ndarray,
+    j: np.ndarray,
+    similarity: np.ndarray,
+    labels: np.ndarray,
+    n_positives: int,
+    target_precision: float,
+    *,
+    ranks: tuple[int, int] = (5, 20),
+    kinds: tuple[str, ...] = SCORE_KINDS,
+    measured_on: str = "",
+) -> tuple[ScoreCalibration, dict[str, dict[str, float | None]]]:
+    """Choose the score kind and threshold with the most recall at ``target_precision`` on a
+    labelled set: candidate pairs ``(i, j)`` (e.g. each image's nearest neighbours) with their
+    cosine ``similarity`` among ``embeddings`` (the background for density), ``labels`` True for
+    true copies, ``n_positives`` the number of true copy pairs. Returns the chosen calibration and
+    each kind's threshold and recall. Raises ValueError when no kind reaches the target."""
+    density = neighbour_density(embeddings, None, ranks)
+    per_kind: dict[str, dict[str, float | None]] = {}
+    best: ScoreCalibration | None = None
+    best_recall = -1.0
+    for kind in kinds:
+        calibration = ScoreCalibration(kind=kind, ranks=ranks)
+        scores = edge_scores(calibration, similarity, i, j, density)
+        threshold, recall = threshold_for_precision(scores, labels, n_positives, target_precision)
+        per_kind[kind] = {"threshold": threshold, "recall": recall}
+        if threshold is not None and recall > best_recall:
+            best_recall = recall
+            best = ScoreCalibration(
+                kind=kind,
+                ranks=ranks,
+                threshold=threshold,
+                target_precision=target_precision,
+                measured_on=measured_on,
+            )
+    if best is None:
+        raise ValueError(f"no score reaches precision {target_precision} on this set: {per_kind}")
+    return best, per_kind

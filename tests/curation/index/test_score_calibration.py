@@ -121,3 +121,28 @@ def test_calibration_round_trips_through_a_dict_and_a_checkpoint(tmp_path):
     assert meta["inference"]["size"] == 32  # the other inference settings are kept
     for a, b in zip(model.state_dict().values(), loaded.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_fit_picks_the_score_with_the_most_recall_at_the_target():
+    """Copies in a crowded cluster of look-alikes and copies in empty space: raw cosine must set
+    its threshold above the look-alikes and loses the sparse copies' recall; density does not."""
+    from curation.index.calibration import fit_calibration
+    from curation.index.knn import knn_pairs
+
+    rng = np.random.default_rng(4)
+    d = 32
+    crowd_centre = unit(rng, 1, d)[0]
+    crowd = crowd_centre + 0.25 * rng.normal(size=(60, d)) / np.sqrt(d)  # look-alikes, cos ~0.94
+    sparse = unit(rng, 60, d)
+    copies = sparse + 0.5 * rng.normal(size=(60, d)) / np.sqrt(d)  # copies of sparse, cos ~0.89
+    x = np.concatenate([crowd, sparse, copies]).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    picture = np.concatenate([np.arange(60), 100 + np.arange(60), 100 + np.arange(60)])
+    i, j, sim = knn_pairs(x, k=10, threshold=-1.0)
+    labels = picture[i] == picture[j]
+    calib, per_kind = fit_calibration(x, i, j, sim, labels, 60, 0.95, measured_on="planted")
+    assert calib.kind == "density" and calib.target_precision == 0.95
+    assert per_kind["density"]["recall"] > per_kind["cosine"]["recall"] + 0.3
+    assert calib.measured_on == "planted" and calib.threshold == per_kind["density"]["threshold"]
+    with pytest.raises(ValueError, match="no score reaches"):
+        fit_calibration(x, i, j, sim, np.zeros_like(labels), 60, 0.95)
