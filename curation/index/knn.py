@@ -11,18 +11,31 @@ Every similarity returned is recomputed from the vectors by :func:`pair_similari
 sum rounded to float32), whatever index found the pair: the value of a pair does not depend on the
 index, the batch or the partition that found it, so in-process, Ray and Spark runs agree bit for bit.
 The threshold is strict and compared in float32, the precision of the similarities.
+
+**Density scores** (:class:`DensityScore`, :mod:`curation.index.calibration`): the score of a pair
+is ``cosine - beta * (density_a + density_b) / 2``, where an image's density is the mean similarity
+of its neighbours ranked ``lo..hi`` among the searched vectors (1-based, itself excluded: SSCD's
+score normalisation with the pool as background). :func:`knn_edges` takes the densities from the
+same search that finds the pairs (each query asks for ``max(k, hi)`` neighbours; no second pass):
+exactly :func:`~curation.index.calibration.neighbour_density` for an exact index. Densities are not
+known before the search ends, so the cosine filter during the search must keep every pair that the
+score could accept: it assumes the lowest possible density (-1) for the other image, and the final
+score decides. :func:`density_from_pairs` rebuilds the densities from emitted neighbour pairs, which
+is how the partitioned search merges one image's neighbours from every partition it is in.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from typing import Literal
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from curation.index.calibration import calibrated_scores
 from schemas import DEDUP_EDGE_SCHEMA
 
 log = logging.getLogger(__name__)
@@ -31,6 +44,9 @@ IndexKind = Literal["auto", "flat", "ivf", "ivfpq"]
 INDEX_KINDS = ("auto", "flat", "ivf", "ivfpq")
 _PAIR_CHUNK = 32_768  # pairs per gather (x d float64: 128 MiB at d = 512)
 _MIN_POINTS_PER_CENTROID = 39  # faiss warns below this many training points per centroid
+# The search's own similarities (float32 BLAS) may differ from the recomputed ones by a few ulps:
+# the density prefilter keeps this much slack so that the recomputed score alone decides.
+_PREFILTER_SLACK = 1e-4
 
 
 def normalized(vectors: np.ndarray) -> np.ndarray:
@@ -214,6 +230,195 @@ def _top_pairs(
     return r, c, labels[r, c]
 
 
+@dataclass(frozen=True)
+class DensityScore:
+    """Score pairs by ``cosine - beta * (density_a + density_b) / 2`` (SSCD's normalisation,
+    :func:`curation.index.calibration.calibrated_scores`); densities over neighbours ranked
+    ``ranks = (lo, hi)`` (1-based, inclusive, the image itself excluded)."""
+
+    ranks: tuple[int, int] = (5, 20)
+    beta: float = 1.0
+
+    def __post_init__(self) -> None:
+        lo, hi = self.ranks
+        if not 1 <= lo <= hi:
+            raise ValueError(f"density ranks must satisfy 1 <= lo <= hi, got {self.ranks}")
+        # A density is subtracted: with beta < 0 a crowded neighbourhood would raise the score,
+        # and the cosine prefilter's bound (the lowest density) would no longer be one.
+        if not (math.isfinite(self.beta) and self.beta >= 0):
+            raise ValueError(f"density beta must be a finite number >= 0, got {self.beta}")
+
+
+class KnnEdges(NamedTuple):
+    """Pairs ``i < j`` (sorted, each once) with their cosine and score; for density scores also
+    each vector's density and its ``hi`` nearest neighbours as pairs (what the density came from).
+    """
+
+    i: np.ndarray
+    j: np.ndarray
+    similarity: np.ndarray  # float32 cosine
+    score: np.ndarray  # float32: the cosine, or the density-corrected score
+    density: np.ndarray | None = None  # float32 per vector (density scores only)
+    neighbours: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # (i, j, cosine), i < j
+
+
+def _rank_means(
+    owner: np.ndarray, sims: np.ndarray, n: int, ranks: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """For each owner ``0..n-1``: the mean of its entries' similarities ranked ``lo..hi``
+    (descending, 1-based) as float32, and how many entries it has (at most ``hi``).
+
+    Fewer than ``hi`` entries: ranks ``min(lo, count)..count``, as
+    :func:`curation.index.calibration.neighbour_density` does; none: 0. Summed in float64 over the
+    sorted values, so the result does not depend on the entries' order."""
+    lo, hi = ranks
+    owner = np.asarray(owner, dtype=np.int64)
+    sims = np.asarray(sims, dtype=np.float32)
+    order = np.lexsort((-sims.astype(np.float64), owner))
+    owner, sims = owner[order], sims[order]
+    position = np.arange(len(owner)) - np.searchsorted(owner, owner)
+    counts = np.minimum(np.bincount(owner, minlength=n), hi)
+    first = np.minimum(lo, counts) - 1
+    use = (position < counts[owner]) & (position >= first[owner])
+    sums = np.bincount(owner[use], weights=sims[use].astype(np.float64), minlength=n)
+    used = np.bincount(owner[use], minlength=n)
+    means = np.divide(sums, used, out=np.zeros(n, dtype=np.float64), where=used > 0)
+    return means.astype(np.float32), counts
+
+
+def density_from_pairs(
+    n: int, i: np.ndarray, j: np.ndarray, similarity: np.ndarray, ranks: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each vector's density (float32) from undirected pairs ``(i, j, similarity)``: the mean of
+    its pair similarities ranked ``lo..hi``, and how many it had (at most ``hi``).
+
+    Given every vector's ``hi`` nearest neighbours as pairs (and any other pairs of vectors that
+    were searched together), this is the density over the union of what was searched."""
+    owner = np.concatenate([np.asarray(i, np.int64), np.asarray(j, np.int64)])
+    sims = np.concatenate([np.asarray(similarity, np.float32)] * 2)
+    return _rank_means(owner, sims, n, ranks)
+
+
+def lower_bound_density(
+    density: np.ndarray, counts: np.ndarray, ranks: tuple[int, int]
+) -> np.ndarray:
+    """A density no more neighbours can lower: the density itself where it is over a full
+    ``hi`` neighbours (more candidates only raise each rank's similarity), else -1."""
+    return np.where(np.asarray(counts) >= ranks[1], density, np.float32(-1.0)).astype(np.float32)
+
+
+def density_scores(
+    similarity: np.ndarray, density_i: np.ndarray, density_j: np.ndarray, beta: float
+) -> np.ndarray:
+    """``similarity - beta * (density_i + density_j) / 2`` in float32 (non-decreasing in the
+    similarity, non-increasing in each density: rounding keeps the order)."""
+    return calibrated_scores(similarity, density_i, density_j, beta)
+
+
+def knn_edges(
+    vectors: np.ndarray,
+    k: int,
+    threshold: float,
+    *,
+    density: DensityScore | None = None,
+    exact_score: bool = True,
+    index: IndexKind = "auto",
+    exact_limit: int = 200_000,
+    nlist: int | None = None,
+    nprobe: int = 16,
+    pq_bytes: int | None = None,
+    train_size: int = 100_000,
+    train_iterations: int = 10,
+    batch: int = 16_384,
+    seed: int = 0,
+    use_gpu: bool | None = None,
+) -> KnnEdges:
+    """Pairs among each vector's ``k`` nearest neighbours (self excluded, either direction) whose
+    score is over ``threshold``: the cosine, or with ``density`` the density-corrected score
+    (module docstring). Index settings as in :func:`knn_pairs`.
+
+    ``exact_score=False`` (density only): keep every pair whose score *could* exceed the threshold
+    once more neighbours are known, i.e. scored with :func:`lower_bound_density` of both ends:
+    what one partition of a partitioned search emits, to be scored after its densities merge.
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    x = normalized(vectors)
+    n = len(x)
+    none = np.zeros(0, np.int64)
+    if n < 2:
+        empty = np.zeros(0, np.float32)
+        if density is None:
+            return KnnEdges(none, none, empty, empty)
+        return KnnEdges(none, none, empty, empty, np.zeros(n, np.float32), (none, none, empty))
+    kind = _resolve_kind(n, index, exact_limit, pq_bytes)
+    built = _Index(
+        x,
+        kind,
+        nlist=nlist,
+        nprobe=nprobe,
+        pq_bytes=pq_bytes,
+        train_size=train_size,
+        train_iterations=train_iterations,
+        seed=seed,
+        batch=batch,
+        gpu=gpu_wanted(use_gpu),
+    )
+    k = min(k, n - 1)
+    hi = 0 if density is None else min(density.ranks[1], n - 1)
+    cut = np.float32(threshold)
+    found_i, found_j = [], []
+    near_i, near_j, near_s = [], [], []
+    densities = np.zeros(n, np.float32)
+    counts = np.zeros(n, np.int64)
+    for start in range(0, n, batch):
+        queries = x[start : start + batch]
+        sims, labels = built.search(queries, min(max(k, hi) + 1, n))  # +1: the query itself
+        if kind == "ivfpq":
+            sims = _cross_similarities(queries, x, labels)
+            order = np.argsort(-sims, axis=1, kind="stable")
+            sims = np.take_along_axis(sims, order, axis=1)
+            labels = np.take_along_axis(labels, order, axis=1)
+        rows = np.arange(start, start + len(queries))
+        if density is None:
+            r, _, j = _top_pairs(labels, sims, rows, k, cut)
+        else:
+            valid = (labels >= 0) & (labels != rows[:, None])
+            rank = np.cumsum(valid, axis=1)
+            dr, dc = np.nonzero(valid & (rank <= hi))
+            dj = labels[dr, dc]
+            ds = pair_similarities(x, rows[dr], dj)  # exact, like every similarity returned
+            densities[rows], counts[rows] = _rank_means(dr, ds, len(rows), density.ranks)
+            near_i.append(np.minimum(rows[dr], dj))
+            near_j.append(np.maximum(rows[dr], dj))
+            near_s.append(ds)
+            # The other end's density is unknown yet: assume the lowest (-1).
+            own = lower_bound_density(densities[rows], counts[rows], density.ranks)
+            lowest = density.beta * (own.astype(np.float64) - 1.0) / 2
+            need = (float(cut) + lowest - _PREFILTER_SLACK)[:, None]
+            r, c = np.nonzero(valid & (rank <= k) & (sims > need))
+            j = labels[r, c]
+        i = rows[r]
+        found_i.append(np.minimum(i, j))
+        found_j.append(np.maximum(i, j))
+    codes = np.unique(np.concatenate(found_i) * n + np.concatenate(found_j))
+    i, j = codes // n, codes % n
+    sim = pair_similarities(x, i, j)
+    if density is None:
+        keep = sim > cut  # the recomputed value decides, whatever rounding the index did
+        return KnnEdges(i[keep], j[keep], sim[keep], sim[keep])
+    if exact_score:
+        score = density_scores(sim, densities[i], densities[j], density.beta)
+    else:
+        bound = lower_bound_density(densities, counts, density.ranks)
+        score = density_scores(sim, bound[i], bound[j], density.beta)
+    keep = score > cut
+    codes = np.unique(np.concatenate(near_i) * n + np.concatenate(near_j))
+    ni, nj = codes // n, codes % n
+    neighbours = (ni, nj, pair_similarities(x, ni, nj))
+    return KnnEdges(i[keep], j[keep], sim[keep], score[keep], densities, neighbours)
+
+
 def knn_pairs(
     vectors: np.ndarray,
     k: int,
@@ -239,49 +444,22 @@ def knn_pairs(
     (default :func:`default_nlist`, capped so every centroid has 39 training points), ``nprobe``
     lists searched per query, k-means on ``train_size`` rows sampled with ``seed``.
     """
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
-    x = normalized(vectors)
-    n = len(x)
-    empty = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))
-    if n < 2:
-        return empty
-    kind = _resolve_kind(n, index, exact_limit, pq_bytes)
-    built = _Index(
-        x,
-        kind,
+    found = knn_edges(
+        vectors,
+        k,
+        threshold,
+        index=index,
+        exact_limit=exact_limit,
         nlist=nlist,
         nprobe=nprobe,
         pq_bytes=pq_bytes,
         train_size=train_size,
         train_iterations=train_iterations,
-        seed=seed,
         batch=batch,
-        gpu=gpu_wanted(use_gpu),
+        seed=seed,
+        use_gpu=use_gpu,
     )
-    k = min(k, n - 1)
-    cut = np.float32(threshold)
-    found_i, found_j = [], []
-    for start in range(0, n, batch):
-        queries = x[start : start + batch]
-        sims, labels = built.search(queries, min(k + 1, n))  # +1: the query itself
-        if kind == "ivfpq":
-            sims = _cross_similarities(queries, x, labels)
-            order = np.argsort(-sims, axis=1, kind="stable")
-            sims = np.take_along_axis(sims, order, axis=1)
-            labels = np.take_along_axis(labels, order, axis=1)
-        rows = np.arange(start, start + len(queries))
-        r, _, j = _top_pairs(labels, sims, rows, k, cut)
-        i = rows[r]
-        found_i.append(np.minimum(i, j))
-        found_j.append(np.maximum(i, j))
-    if not found_i:
-        return empty
-    codes = np.unique(np.concatenate(found_i) * n + np.concatenate(found_j))
-    i, j = codes // n, codes % n
-    sim = pair_similarities(x, i, j)
-    keep = sim > cut  # the recomputed value decides, whatever rounding the index did
-    return i[keep], j[keep], sim[keep]
+    return found.i, found.j, found.similarity
 
 
 def cross_pairs(
