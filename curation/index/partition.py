@@ -12,6 +12,19 @@ The union equals the global search when every pair over the threshold shares one
 and k does not bind (neighbours are the k nearest *within the partition*, so a partition can emit a
 pair the global top-k would have cut). :func:`partitioned_pairs` is the in-process reference of
 the whole procedure.
+
+**Density scores** (:class:`curation.index.knn.DensityScore`): an image's density is the mean
+similarity of its neighbours ranked ``lo..hi``, and no partition sees all of them. Each partition
+emits (:func:`density_pairs_within_partition`), as plain DEDUP_EDGE rows with their cosine, every
+member's ``hi`` nearest neighbours in the partition and every candidate pair whose score could pass
+once the densities are known (scored with densities no further neighbour can lower). After the
+edges of all partitions are put together (:func:`dedup_edges`), :func:`score_partition_edges`
+takes each image's ``hi`` most similar pairs over all its partitions, which are exactly its ``hi``
+nearest neighbours in the union of the partitions it belongs to (merged across its replicas), and
+scores every pair with those densities. This is an approximation of the pool-wide density: a
+neighbour outside all of an image's partitions is missed, so a density can only come out lower
+than the exact one, and a score higher (``tests/curation/index/test_partition_density.py``
+measures how close it is). With ``k < hi`` a partition's edges may come from its ``hi`` nearest.
 """
 
 from __future__ import annotations
@@ -20,7 +33,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curation.index.knn import edges_table, knn_pairs, normalized, train_centroids
+from curation.index.knn import (
+    DensityScore,
+    density_from_pairs,
+    density_scores,
+    edges_table,
+    knn_edges,
+    knn_pairs,
+    normalized,
+    train_centroids,
+)
 from schemas import DEDUP_EDGE_SCHEMA
 
 
@@ -64,6 +86,43 @@ def pairs_within_partition(keys, vectors: np.ndarray, k: int, threshold: float) 
     return edges_table(keys, i, j, sim)
 
 
+def density_pairs_within_partition(
+    keys, vectors: np.ndarray, k: int, threshold: float, density: DensityScore
+) -> pa.Table:
+    """DEDUP_EDGE rows of one partition for density scores: each member's ``hi`` nearest
+    neighbours in the partition, and the pairs among each member's ``k`` nearest whose score may
+    exceed ``threshold`` once densities are merged (:func:`score_partition_edges` decides)."""
+    found = knn_edges(
+        vectors, k, threshold, density=density, exact_score=False, index="flat", use_gpu=False
+    )
+    near_i, near_j, near_sim = found.neighbours
+    n = len(vectors)
+    codes = np.concatenate([found.i * n + found.j, near_i * n + near_j])
+    codes, first = np.unique(codes, return_index=True)
+    sim = np.concatenate([found.similarity, near_sim])[first]
+    return edges_table(keys, codes // n, codes % n, sim)
+
+
+def score_partition_edges(
+    keys, edges: pa.Table, threshold: float, density: DensityScore
+) -> tuple[pa.Table, np.ndarray]:
+    """The pairs over ``threshold`` by density score among the partitions' merged rows
+    (``edges``: :func:`density_pairs_within_partition` outputs after :func:`dedup_edges`), and
+    each key's density (float32, in ``keys`` order), taken from its pairs in ``edges``."""
+    keys = keys if isinstance(keys, pa.Array | pa.ChunkedArray) else pa.array(keys, pa.string())
+    n = len(keys)
+    src = pc.index_in(edges["src_key"], value_set=keys)
+    dst = pc.index_in(edges["dst_key"], value_set=keys)
+    if src.null_count or dst.null_count:
+        raise ValueError("partition edges name keys that are not in the pool")
+    i = src.to_numpy(zero_copy_only=False).astype(np.int64)
+    j = dst.to_numpy(zero_copy_only=False).astype(np.int64)
+    sim = edges["similarity"].to_numpy().astype(np.float32)
+    densities, _ = density_from_pairs(n, i, j, sim, density.ranks)
+    keep = density_scores(sim, densities[i], densities[j], density.beta) > np.float32(threshold)
+    return edges_table(keys, i[keep], j[keep], sim[keep]), densities
+
+
 def dedup_edges(edges: pa.Table) -> pa.Table:
     """One row per (src_key, dst_key), sorted: the partitions' outputs put together."""
     if edges.num_rows == 0:
@@ -75,6 +134,35 @@ def dedup_edges(edges: pa.Table) -> pa.Table:
     return unique.sort_by([("src_key", "ascending"), ("dst_key", "ascending")])
 
 
+def partitioned_search(
+    keys,
+    vectors: np.ndarray,
+    centroids: np.ndarray,
+    r: int,
+    k: int,
+    threshold: float,
+    density: DensityScore | None = None,
+) -> tuple[pa.Table, np.ndarray | None]:
+    """In-process run of the partitioned search: assign, search each partition, dedup edges (and
+    with ``density``, score them with the merged densities). Returns the edges over the threshold
+    and, with ``density``, each vector's merged density."""
+    keys = keys if isinstance(keys, pa.Array | pa.ChunkedArray) else pa.array(keys, pa.string())
+    x = normalized(vectors)
+    parts = []
+    for _, rows in partition_members(assign_nearest(x, centroids, r)):
+        if len(rows) < 2:
+            continue
+        members = pc.take(keys, pa.array(rows))
+        if density is None:
+            parts.append(pairs_within_partition(members, x[rows], k, threshold))
+        else:
+            parts.append(density_pairs_within_partition(members, x[rows], k, threshold, density))
+    merged = dedup_edges(pa.concat_tables(parts)) if parts else DEDUP_EDGE_SCHEMA.empty_table()
+    if density is None:
+        return merged, None
+    return score_partition_edges(keys, merged, threshold, density)
+
+
 def partitioned_pairs(
     keys,
     vectors: np.ndarray,
@@ -82,15 +170,7 @@ def partitioned_pairs(
     r: int,
     k: int,
     threshold: float,
+    density: DensityScore | None = None,
 ) -> pa.Table:
-    """In-process run of the partitioned search: assign, search each partition, dedup edges."""
-    keys = keys if isinstance(keys, pa.Array | pa.ChunkedArray) else pa.array(keys, pa.string())
-    x = normalized(vectors)
-    parts = [
-        pairs_within_partition(pc.take(keys, pa.array(rows)), x[rows], k, threshold)
-        for _, rows in partition_members(assign_nearest(x, centroids, r))
-        if len(rows) > 1
-    ]
-    if not parts:
-        return DEDUP_EDGE_SCHEMA.empty_table()
-    return dedup_edges(pa.concat_tables(parts))
+    """The edges of :func:`partitioned_search`."""
+    return partitioned_search(keys, vectors, centroids, r, k, threshold, density)[0]
