@@ -5,12 +5,19 @@ Writes ``dedup_edges/`` (DEDUP_EDGE: every copy pair above the threshold), ``ded
 (DEDUP_COMPONENT: every image, its group, its representative, kept or why not) and
 ``deduplicated_images/`` (the IMAGE_RECORD rows kept: what retrieval embedding reads). With
 ``dedup.partitions > 0`` the pair search runs as one task per centroid partition on the engine
-(``dedup_partitions/`` holds the partitions, ``dedup_partition_edges/`` their pairs); Spark users
-with pools beyond one machine run ``jobs/dedup_spark.py``.
+(``dedup_partitions/`` holds the partitions, ``dedup_partition_edges/`` their pairs, and for density
+scores also each member's nearest neighbours); Spark users with pools beyond one machine run
+``jobs/dedup_spark.py``.
+
+The edge score and threshold (:func:`curation.stages.copy_dedup.resolve_scoring`): the settings,
+then the score calibration the embed stage recorded in the embeddings' ``_config.yaml`` (from the
+descriptor checkpoint), then the SPEC's cosine 0.6. What was used, and from where, is in the stats
+of ``dedup_edges/`` and ``dedup_copy/`` (``scoring``).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -18,28 +25,36 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import yaml
 
+from curation.config import ConfigError
 from curation.engines import Engine
+from curation.index.calibration import ScoreCalibration
 from curation.index.knn import edges_table, normalized
 from curation.index.partition import (
     assign_nearest,
     dedup_edges,
     partition_members,
+    score_partition_edges,
     train_coarse_centroids,
 )
 from curation.io import write_parquet_atomic
 from curation.jobs.config import CurationConfig
 from curation.jobs.ingest import dedup_summary, unique_image_shards
 from curation.readers.embeddings import read_embeddings
+from curation.rundir import CONFIG, LEGACY_CONFIG
 from curation.runner import TABLE_OUTPUT, run_stage, run_table_stage
 from curation.stages.base import StageSpec
 from curation.stages.copy_dedup import (
     CopyDedupConfig,
+    EdgeScoring,
     PartitionPairsStage,
     PartitionSearchConfig,
     contaminated_rows,
     group_copies,
-    self_pairs,
+    resolve_scoring,
+    search_vectors,
+    self_edges,
 )
 from curation.stages.unique_images import UniqueImagesConfig, UniqueImagesStage
 from schemas import DEDUP_COMPONENT_SCHEMA, DEDUP_EDGE_SCHEMA, STATUS_OK, embedding_schema
@@ -57,6 +72,39 @@ def pixel_counts(records: list[Path], keys: list[str]) -> pa.Array:
     pixels = pc.multiply(table["width"].cast(pa.int64()), table["height"].cast(pa.int64()))
     index = pc.index_in(pa.array(keys, pa.string()), value_set=table["key"].combine_chunks())
     return pc.take(pixels.combine_chunks(), index)
+
+
+def folder_calibration(folder: Path) -> dict | None:
+    """The calibration an embed stage recorded in ``folder``'s ``_config.yaml`` (None if none)."""
+    for name in (CONFIG, LEGACY_CONFIG):
+        path = Path(folder) / name
+        if path.is_file():
+            saved = yaml.safe_load(path.read_text()) or {}
+            stage_config = saved.get("config") if isinstance(saved, dict) else None
+            if isinstance(stage_config, dict):
+                return stage_config.get("calibration") or None
+            return None
+    return None
+
+
+def recorded_calibration(embeddings: list[Path]) -> tuple[ScoreCalibration | None, str | None]:
+    """The score calibration recorded beside the embedding shards, and the folder it was read
+    from; (None, None) when there is none. Folders that disagree are an error."""
+    found = {
+        folder: folder_calibration(folder)
+        for folder in sorted({Path(p).parent for p in embeddings})
+    }
+    distinct = {json.dumps(value, sort_keys=True) for value in found.values()}
+    if len(distinct) > 1:
+        raise ConfigError(
+            f"the embedding folders {sorted(map(str, found))} record different score calibrations "
+            "(different descriptor checkpoints?): dedup embeddings of one model, or set "
+            "dedup.use_calibration=false with dedup.score and dedup.threshold"
+        )
+    folder, value = next(iter(found.items()))
+    if not value:
+        return None, None
+    return ScoreCalibration.from_dict(value), str(folder)
 
 
 def write_partitions(
@@ -91,30 +139,58 @@ def write_partitions(
     return paths, largest
 
 
-def find_pairs(cfg: CurationConfig, engine: Engine, keys: list[str], vectors: np.ndarray) -> dict:
-    """``dedup_edges/``: the pool's copy pairs, in one process or one task per partition."""
+def _density_stats(density: np.ndarray | None) -> dict:
+    if density is None or not len(density):
+        return {}
+    low, mid, high = np.percentile(density, [1, 50, 99]).tolist()
+    return {"density": {"p1": round(low, 4), "median": round(mid, 4), "p99": round(high, 4)}}
+
+
+def find_pairs(
+    cfg: CurationConfig,
+    engine: Engine,
+    keys: list[str],
+    vectors: np.ndarray,
+    scoring: EdgeScoring,
+) -> dict:
+    """``dedup_edges/``: the pool's copy pairs under ``scoring``, in one process or one task per
+    partition. ``vectors``: as searched (:func:`curation.stages.copy_dedup.search_vectors`)."""
     run, config = cfg.run_dir, cfg.dedup
     edges = run.stage("dedup_edges")
+    extra: dict = {}
+
+    def summarize(table: pa.Table) -> dict:
+        return {"rows_out": table.num_rows, "scoring": scoring.describe(), **extra}
+
     if not config.partitions:
+
+        def search() -> pa.Table:
+            found = self_edges(vectors, config, scoring)
+            extra.update(_density_stats(found.density))
+            return edges_table(keys, found.i, found.j, found.similarity)
+
         return run_table_stage(
-            "copy_pairs",
-            lambda: edges_table(keys, *self_pairs(vectors, config)),
-            DEDUP_EDGE_SCHEMA,
-            edges,
-            config=config,
+            "copy_pairs", search, DEDUP_EDGE_SCHEMA, edges, config=config, summarize=summarize
         )
     if edges.is_complete():
         return edges.read_stats()
     partitions, largest = write_partitions(keys, vectors, config, run.root / "dedup_partitions")
-    spec = StageSpec(PartitionPairsStage, PartitionSearchConfig(config, vectors.shape[1], largest))
+    search_config = PartitionSearchConfig(config, vectors.shape[1], largest, scoring)
     found = run.stage("dedup_partition_edges")
-    run_stage(spec, partitions, found, engine)
+    run_stage(StageSpec(PartitionPairsStage, search_config), partitions, found, engine)
+
+    def merge() -> pa.Table:
+        merged = dedup_edges(pq.read_table(found.outputs()))
+        density = scoring.density()
+        if density is None:
+            return merged
+        # The partitions sent candidates and neighbours: score them with merged densities.
+        accepted, densities = score_partition_edges(keys, merged, scoring.threshold, density)
+        extra.update(_density_stats(densities), partition_rows=merged.num_rows)
+        return accepted
+
     return run_table_stage(
-        "copy_pairs",
-        lambda: dedup_edges(pq.read_table(found.outputs())),
-        DEDUP_EDGE_SCHEMA,
-        edges,
-        config=config,
+        "copy_pairs", merge, DEDUP_EDGE_SCHEMA, edges, config=config, summarize=summarize
     )
 
 
@@ -135,7 +211,9 @@ def run_dedup(
         raise FileNotFoundError(f"no embeddings to dedup under {run.root}; run `lvd embed` first")
     run.save_config(cfg)
     keys, vectors = read_embeddings(embeddings)
-    stats = {"dedup_edges": find_pairs(cfg, engine, keys, vectors)}
+    scoring = resolve_scoring(config, *recorded_calibration(embeddings))
+    searched = search_vectors(vectors, scoring)
+    stats = {"dedup_edges": find_pairs(cfg, engine, keys, searched, scoring)}
 
     def compute() -> pa.Table:
         index = {key: row for row, key in enumerate(keys)}
@@ -157,7 +235,9 @@ def run_dedup(
                 ],
             }
         table, groups = group_copies(keys, pixel_counts(records, keys), i, j, config, contaminated)
-        details.update(pairs=edges.num_rows, guard=config.guard, groups=groups)
+        details.update(
+            pairs=edges.num_rows, guard=config.guard, scoring=scoring.describe(), groups=groups
+        )
         return table
 
     details: dict = {}

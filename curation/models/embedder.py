@@ -122,6 +122,9 @@ class Embedder:
     preprocessing: Preprocessing
     scales: tuple[int, ...] = ()  # multi-scale sizes (square inputs); () = preprocessing.size only
     is_convnet: bool = True  # channels-last helps conv nets only
+    # The score calibration a descriptor checkpoint stores (write_calibration), as a dict; None
+    # when the file has none. Not used to embed: the embed stage records it for dedup.
+    calibration: dict | None = None
 
 
 class _Normalized(nn.Module):
@@ -185,6 +188,19 @@ def _load_file_model(path: Path) -> tuple[nn.Module, dict]:
         f"checkpoint {path}: holds a {type(payload).__name__}, not TorchScript, an lvd descriptor "
         "checkpoint or a state dict"
     )
+
+
+def checkpoint_calibration(path: str | os.PathLike[str]) -> dict | None:
+    """The score calibration stored in an ``lvd train-descriptor`` checkpoint's inference
+    settings (:func:`curation.models.descriptor.write_calibration`); None for any other file."""
+    path = Path(path)
+    if _checkpoint_step(path, "unreadable zip archive", lambda: is_torchscript_file(path)):
+        return None
+    payload = _read_checkpoint(path)
+    if not is_descriptor_checkpoint(payload):
+        return None
+    calibration = payload.get("inference", {}).get("calibration")
+    return dict(calibration) if calibration else None
 
 
 def _probe_dim(model: nn.Module, prep: Preprocessing) -> int:
@@ -256,4 +272,7 @@ def load_embedder(
         sizes = "+".join(str(s) for s in scales) if scales else str(prep.size)
         tokens = "+patch" if use_patch_tokens and not is_convnet else ""
         model_id = f"{model}{tokens}:{source}:{prep.resize}{sizes}"
-    return Embedder(net, model_id, dim, prep, tuple(int(s) for s in scales), is_convnet)
+    calibration = meta.get("calibration") or None
+    return Embedder(
+        net, model_id, dim, prep, tuple(int(s) for s in scales), is_convnet, calibration
+    )

@@ -20,13 +20,14 @@ import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pyarrow as pa
 
 from curation.config import check_choices
 from curation.imaging import DEFAULT_MAX_PIXELS
+from curation.index.calibration import ScoreCalibration
 from curation.readers.image_bytes import image_bytes_loaders
 from curation.readers.input_shards import IMAGE_INPUT_SCHEMAS
 from curation.stages.base import Resources, StageSpec
@@ -62,6 +63,10 @@ class EmbedConfig:
     max_pixels: int = DEFAULT_MAX_PIXELS
     # JPEGs decoded at 1/2-1/8 DCT scale when the model needs fewer pixels (never below its size).
     reduced_jpeg_decode: bool = True
+    # The copy-score calibration (curation.index.calibration.ScoreCalibration as a dict) that goes
+    # with these embeddings. None: filled in by embed_stage_spec from a descriptor checkpoint that
+    # stores one. Not used to embed: recorded in the stage's _config.yaml, where `lvd dedup` reads it.
+    calibration: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         check_choices(self)
@@ -166,13 +171,30 @@ class EmbedStage:
 
 
 def embed_stage_spec(config: EmbedConfig) -> StageSpec:
-    """The picklable recipe for the configured stage, with ``dim`` and ``model_id`` resolved (this
-    builds the model once, on the CPU of the caller, if the config does not give them)."""
-    from curation.models.embedder import load_embedder
+    """The picklable recipe for the configured stage, with ``dim``, ``model_id`` and
+    ``calibration`` resolved (this builds the model once, on the CPU of the caller, if the config
+    does not give the first two). The calibration comes from the checkpoint unless the config gives
+    one; the runner saves it with the rest of the config in the stage's ``_config.yaml``."""
+    from curation.models.embedder import (
+        FILE_MODELS,
+        SSCD_MODELS,
+        checkpoint_calibration,
+        load_embedder,
+    )
 
+    calibration = config.calibration
     if config.dim is None or config.model_id is None:
         embedder = load_embedder(config.model, config.checkpoint, **config.embedder_kwargs())
         config = dataclasses.replace(
             config, dim=config.dim or embedder.dim, model_id=config.model_id or embedder.model_id
         )
+        calibration = calibration or embedder.calibration
+    elif calibration is None and config.checkpoint is not None:
+        if config.model in SSCD_MODELS or config.model in FILE_MODELS:
+            calibration = checkpoint_calibration(config.checkpoint)
+    if calibration is not None:
+        # Checked here, in the caller, so a malformed calibration fails before any worker starts.
+        calibration = ScoreCalibration.from_dict(calibration).to_dict()
+        logger.info("embeddings carry a %s score calibration", calibration["kind"])
+        config = dataclasses.replace(config, calibration=calibration)
     return StageSpec(EmbedStage, config)

@@ -10,47 +10,73 @@ Measured on this set (seed 0, 6 copies per picture: 23 pictures, 137 images, 393
   With 12 copies per picture (seeds 0 and 1) phone-screenshot copies of *different* pictures hash
   within 2-6 bits of each other (the chrome dominates the hash): a direct edge, which no chaining
   guard can stop: 4 and 6 pictures wrongly merged with the guard, 4 and 7 without.
-* Descriptor (width 32, 128-d, 64 px, 100 steps on the 23 unedited pictures, about 20 s): pair
-  micro-AP 0.51 (untrained 0.29). At the default cosine 0.6 almost every pair of images is an edge:
-  guard off merges all 137 images into one group (pair precision 0.042, recall 1.0); guard on
-  (representative: most pixels, then smallest key): precision 0.092, recall 0.702, largest group 58,
-  every one of the 23 pictures merged with another. Precision
-  0.95 needs cosine > 0.989 on this descriptor (recall 0.17); SSCD-style normalisation (cosine less
-  the mean of each image's 5th-20th neighbour similarities) raises micro-AP to 0.52. 0.6 is the
-  SSCD operating point for a descriptor trained on DISC21 at scale, not for this one: the threshold
-  must come from a target precision measured on real copies (issue 10, point 3b).
+* Descriptor (width 32, 128-d, 64 px, 100 steps on the 23 unedited pictures, about 20 s on an idle
+  machine): pair micro-AP 0.51 (untrained 0.29). At SPEC's raw cosine 0.6 almost every pair of
+  images is an edge: guard off merges all 137 images into one group (pair precision 0.042, recall
+  1.0); guard on precision 0.06-0.09, recall 0.70-0.80, every one of the 23 pictures merged with
+  another (the exact figures move with the trainer). 0.6 is the SSCD operating point for a
+  descriptor trained on DISC21 at scale, not for this one.
+* **Calibrated default threshold** (issue 10 point 3b, issue 11 point 3): the threshold is chosen
+  with ``threshold_for_precision`` at precision 0.99 over every pair of a *tuning* copy set (seed 1:
+  other distractors, edits, frames, look-alikes), stored in the checkpoint (``write_calibration``),
+  recorded by ``lvd embed`` beside the embeddings and applied by ``lvd dedup`` with no option.
+  Cosine > 0.9952 (tuning recall 0.113; the same threshold at precision 1.0): guard on and off
+  both give pair precision 1.000, recall 0.135, 0 wrongly merged pictures, largest group 5. With
+  the seed-2 tuning set: 0.9946, same test figures; at precision 0.95 instead (0.9893): guard on
+  precision 0.937, recall 0.150, 4 pictures wrongly merged; off 0.873, 0.158, 5.
+* Density scores (cosine less the mean of the two images' 5th-20th neighbour similarities, the
+  pool as background) calibrated the same way do *not* hold here: threshold 0.21 (seed 1,
+  precision 0.99, tuning recall 0.017) gives guard on precision 0.828, recall 0.061, guard off
+  0.853, 0.074, and the two halves of the Hubble deep field (sibling pictures, a look-alike pair)
+  merged either way; ranks (8, 20) or (10, 30) do no better. Each picture has 7 images here, so
+  ranks 5-20 hold an image's own copies: its density is high exactly when it has copies. The
+  acceptance test therefore calibrates cosine.
 """
 
 from __future__ import annotations
 
 import functools
+import shutil
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 pytest.importorskip("skimage", reason="the real pictures ship with scikit-image (the dev extra)")
 
+from curation.config import load_config  # noqa: E402
+from curation.engines import get_engine  # noqa: E402
 from curation.eval.copy_detection import micro_average_precision  # noqa: E402
 from curation.eval.copy_edits import build_real_copy_set, copy_pairs  # noqa: E402
+from curation.index.calibration import ScoreCalibration, threshold_for_precision  # noqa: E402
 from curation.index.components import (  # noqa: E402
     connected_components,
     guarded_components,
     priority_rank,
 )
-from curation.index.knn import knn_pairs  # noqa: E402
+from curation.index.knn import knn_pairs, normalized, pair_similarities  # noqa: E402
+from curation.io import write_parquet_atomic  # noqa: E402
+from curation.jobs.config import CurationConfig  # noqa: E402
+from curation.jobs.decode import pack_folder  # noqa: E402
+from curation.jobs.dedup import run_dedup  # noqa: E402
+from curation.jobs.embed import run_embed  # noqa: E402
+from curation.models.descriptor import write_calibration  # noqa: E402
 from curation.models.embedder import load_embedder  # noqa: E402
 from curation.models.inference import BatchEmbedder, InferenceOptions  # noqa: E402
+from curation.runner import TABLE_OUTPUT  # noqa: E402
 from curation.stages.near_dedup import close_pairs, hash_codes, near_duplicates  # noqa: E402
 from curation.stages.phash import phash_bytes  # noqa: E402
 from curation.train_descriptor import DescriptorTrainConfig, train_descriptor  # noqa: E402
 from curation.train_descriptor.config import AugmentConfig  # noqa: E402
+from schemas import IMAGE_RECORD_SCHEMA  # noqa: E402
 
 MAX_DISTANCE = 6  # NearDedupConfig's default
 THRESHOLD, K = 0.6, 64  # CopyDedupConfig's defaults (SPEC.md section 1)
 TRAIN_STEPS = 100
+TUNE_SEED, TARGET_PRECISION = 1, 0.99  # the calibration's tuning copy set and precision
 
 
 def _read(path: str) -> bytes:
@@ -125,9 +151,9 @@ def test_near_exact_guard_leaves_only_direct_matches(copy_set, hashed):
 
 
 @pytest.fixture(scope="module")
-def descriptors(copy_set, tmp_path_factory):
-    """Embeddings of every image by a descriptor trained briefly on the unedited pictures only
-    (originals and distractors: never a copy), and by the same network untrained."""
+def trained(copy_set, tmp_path_factory) -> Path:
+    """A descriptor trained briefly on the unedited pictures only (originals and distractors:
+    never a copy): ``trained.pt``, and ``init.pt`` the same network untrained."""
     rows = copy_set.ground_truth.to_pylist()
     train = [
         functools.partial(_read, str(copy_set.path(r["key"])))
@@ -147,19 +173,30 @@ def descriptors(copy_set, tmp_path_factory):
         seed=0,
     )
     folder = tmp_path_factory.mktemp("descriptor")
-    result = train_descriptor(cfg, train, folder / "trained.pt", init_checkpoint=folder / "init.pt")
+    train_descriptor(cfg, train, folder / "trained.pt", init_checkpoint=folder / "init.pt")
+    return folder
+
+
+def _embed(checkpoint: Path, copy_set) -> np.ndarray:
+    rows = copy_set.ground_truth.to_pylist()
     loaders = [functools.partial(_read, str(copy_set.path(r["key"]))) for r in rows]
-    out = {}
-    for name, checkpoint in (("trained", result.checkpoint), ("untrained", folder / "init.pt")):
-        embedder = BatchEmbedder(
-            load_embedder("descriptor", checkpoint),
-            InferenceOptions(device="cpu", num_workers=0, batch_size=64),
-        )
-        embedded = embedder.embed(loaders)
-        embedder.close()
-        assert not embedded.failures and len(embedded.embeddings) == len(rows)
-        out[name] = embedded.embeddings
-    return out
+    embedder = BatchEmbedder(
+        load_embedder("descriptor", checkpoint),
+        InferenceOptions(device="cpu", num_workers=0, batch_size=64),
+    )
+    embedded = embedder.embed(loaders)
+    embedder.close()
+    assert not embedded.failures and len(embedded.embeddings) == len(rows)
+    return embedded.embeddings
+
+
+@pytest.fixture(scope="module")
+def descriptors(copy_set, trained):
+    """Embeddings of every image by the trained descriptor and by the same network untrained."""
+    return {
+        "trained": _embed(trained / "trained.pt", copy_set),
+        "untrained": _embed(trained / "init.pt", copy_set),
+    }
 
 
 def _copy_dedup(copy_set, vectors, threshold: float, guard: bool):
@@ -214,14 +251,85 @@ def test_copy_dedup_guard_keeps_every_member_above_the_threshold_with_its_repres
     assert figures[True]["precision"] >= figures[False]["precision"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a 20-second descriptor is far from SSCD: at cosine 0.6 it merges distinct pictures "
-    "(see the module docstring); passes once the descriptor or calibrated scores are good enough",
-)
-def test_copy_dedup_at_the_default_threshold_merges_no_two_pictures(copy_set, descriptors):
+@pytest.fixture(scope="module")
+def calibrated_checkpoint(trained, tmp_path_factory):
+    """The trained descriptor with a cosine threshold chosen for TARGET_PRECISION on a *tuning* copy
+    set (other seed: other distractors, edits, frames and look-alikes) stored in its checkpoint."""
+    tune = build_real_copy_set(tmp_path_factory.mktemp("tune") / "set", seed=TUNE_SEED)
+    vectors = normalized(_embed(trained / "trained.pt", tune))
+    i, j = np.triu_indices(len(vectors), 1)  # every pair: the whole ranking
+    picture = np.asarray(tune.ground_truth.column("picture_id").to_pylist())
+    threshold, recall = threshold_for_precision(
+        pair_similarities(vectors, i, j),
+        picture[i] == picture[j],
+        len(copy_pairs(tune.ground_truth)),
+        TARGET_PRECISION,
+    )
+    assert threshold is not None
+    path = tmp_path_factory.mktemp("calibrated") / "descriptor.pt"
+    shutil.copyfile(trained / "trained.pt", path)
+    calibration = ScoreCalibration(
+        kind="cosine",
+        threshold=threshold,
+        target_precision=TARGET_PRECISION,
+        measured_on=f"real copy set, seed {TUNE_SEED}",
+    )
+    write_calibration(path, calibration.to_dict())
+    return path, threshold, recall
+
+
+def _records(copy_set, folder: Path) -> list[Path]:
+    """IMAGE_RECORD rows of the set (their pixel counts pick each group's representative)."""
+    gt = copy_set.ground_truth
+    n = gt.num_rows
+    table = pa.table(
+        {
+            name: gt.column(name) if name in ("key", "width", "height") else pa.nulls(n, field.type)
+            for name, field in zip(IMAGE_RECORD_SCHEMA.names, IMAGE_RECORD_SCHEMA)
+        }
+    ).set_column(IMAGE_RECORD_SCHEMA.get_field_index("status"), "status", pa.array(["ok"] * n))
+    path = folder / "part-00000.parquet"
+    write_parquet_atomic(path, table.cast(IMAGE_RECORD_SCHEMA), IMAGE_RECORD_SCHEMA)
+    return [path]
+
+
+def test_copy_dedup_at_the_calibrated_default_threshold_merges_no_two_pictures(
+    copy_set, calibrated_checkpoint, tmp_path
+):
+    """The whole path a user takes: `lvd embed` with the calibrated checkpoint, then `lvd dedup`
+    with no score or threshold option; the calibration travels with the embeddings."""
+    checkpoint, threshold, tune_recall = calibrated_checkpoint
     gt = copy_set.ground_truth
     picture = dict(zip(gt.column("key").to_pylist(), gt.column("picture_id").to_pylist()))
-    keys, rep, _ = _copy_dedup(copy_set, descriptors["trained"], THRESHOLD, guard=True)
-    groups = _groups(keys, [keys[r] for r in rep])
-    assert _figures(groups, picture, copy_pairs(gt))["wrongly_merged"] == []
+    records = _records(copy_set, tmp_path)
+    figures, stats = {}, {}
+    with get_engine("local", progress=False) as engine:
+        for guard in (True, False):
+            cfg = load_config(
+                CurationConfig,
+                [],
+                [
+                    f"runs_dir={tmp_path}",
+                    f"name=guard_{guard}",
+                    "embed.model=descriptor",
+                    f"embed.checkpoint={checkpoint}",
+                    "embed.num_workers=0",
+                    "embed.device=cpu",
+                    f"dedup.guard={str(guard).lower()}",
+                ],
+            )
+            run_embed(cfg, engine, pack_folder(cfg, copy_set.root / "images"))
+            stats[guard] = run_dedup(cfg, engine, records=records)["dedup_copy"]
+            components = pq.read_table(cfg.run_dir.stage("dedup_copy").path / TABLE_OUTPUT)
+            keys = components.column("key").to_pylist()
+            reps = components.column("representative_key").to_pylist()
+            figures[guard] = _figures(_groups(keys, reps), picture, copy_pairs(gt))
+    print(
+        f"\ncalibrated cosine > {threshold:.4f} (tuning recall {tune_recall:.3f}): "
+        f"guard on {figures[True]}\n  off {figures[False]}"
+    )
+    scoring = stats[True]["scoring"]
+    assert (scoring["kind"], scoring["threshold_from"]) == ("cosine", "calibration")
+    assert scoring["threshold"] == pytest.approx(threshold)
+    assert figures[True]["wrongly_merged"] == []
+    assert figures[True]["recall"] > 0.05  # it still finds copies: not a threshold above all
