@@ -10,12 +10,14 @@ pair never retrieved costs recall). Used to score descriptors and, later, dedup 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import combinations
 
 import numpy as np
 import pyarrow as pa
+
+from curation.index.calibration import threshold_for_precision
 
 COPY_KINDS = ("near_duplicate", "exact_duplicate")
 
@@ -119,3 +121,125 @@ def evaluate_copy_detection(
         n_predictions=len(i),
         n_true_pairs_found=int(labels.sum()),
     )
+
+
+# --- a labelled set's scorer: all pairs, copy-original pairs, look-alikes ---------------------
+
+
+@dataclass(frozen=True)
+class CopySetTruth:
+    """What a copy-detection set says about its images, by position in ``keys``.
+
+    ``picture``: the picture each image shows (images of one picture are copies of each other);
+    ``unedited``: the unedited image of a picture (its original, or a distractor); ``lookalikes``:
+    position pairs ``(a < b)`` of different pictures built to look alike (not copies)."""
+
+    keys: tuple[str, ...]
+    picture: np.ndarray  # [n] int64 picture index
+    unedited: np.ndarray  # [n] bool
+    lookalikes: frozenset[tuple[int, int]]
+
+    @property
+    def n_pairs(self) -> int:
+        sizes = np.bincount(self.picture)
+        return int((sizes * (sizes - 1) // 2).sum())
+
+    @property
+    def n_copy_original_pairs(self) -> int:
+        """Pairs of one picture's unedited image with one of its edited images."""
+        unedited = np.bincount(self.picture[self.unedited], minlength=self.picture.max() + 1)
+        edited = np.bincount(self.picture[~self.unedited], minlength=self.picture.max() + 1)
+        return int((unedited * edited).sum())
+
+    def labels(self, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+        return self.picture[i] == self.picture[j]
+
+
+def copy_set_truth(
+    keys: Sequence[str],
+    picture_of: Mapping[str, str],
+    unedited: Iterable[str],
+    lookalike_pairs: Iterable[tuple[str, str]],
+) -> CopySetTruth:
+    """The :class:`CopySetTruth` of ``keys`` (an order of the set's images, e.g. embedding rows)."""
+    keys = tuple(keys)
+    index = {key: n for n, key in enumerate(keys)}
+    names = sorted({picture_of[key] for key in keys})
+    number = {name: n for n, name in enumerate(names)}
+    unedited = set(unedited)
+    pairs = frozenset(
+        (min(index[a], index[b]), max(index[a], index[b]))
+        for a, b in lookalike_pairs
+        if a in index and b in index
+    )
+    return CopySetTruth(
+        keys,
+        np.array([number[picture_of[key]] for key in keys], np.int64),
+        np.array([key in unedited for key in keys], bool),
+        pairs,
+    )
+
+
+def score_copy_predictions(
+    truth: CopySetTruth,
+    i: np.ndarray,
+    j: np.ndarray,
+    scores: np.ndarray,
+    *,
+    precisions: tuple[float, ...] = (0.9, 0.95),
+    flag_precision: float = 0.95,
+) -> dict[str, float | int | None]:
+    """Metrics of scored position pairs ``(i, j)`` (e.g. :func:`knn_pairs`) against ``truth``.
+
+    ``pair_micro_ap``: over every same-picture pair. ``copy_original_micro_ap``: only predictions
+    between an unedited and an edited image count, and only (original, own copy) pairs are true
+    (the DISC21 query-reference setting). ``recall_at_p<NN>``: pair recall at that precision.
+    ``lookalike_in_knn``: fraction of look-alike pairs among the predictions;
+    ``lookalike_above_threshold``: fraction scoring above the threshold where pair precision
+    reaches ``flag_precision`` (``threshold_at_p<NN>``; 0 when no threshold reaches it)."""
+    i, j = np.asarray(i, np.int64), np.asarray(j, np.int64)
+    scores = np.asarray(scores, np.float64)
+    labels = truth.labels(i, j)
+    n_pairs, n_copy_original = truth.n_pairs, truth.n_copy_original_pairs
+    out: dict[str, float | int | None] = {
+        "pair_micro_ap": micro_average_precision(scores, labels, n_pairs) if n_pairs else 0.0
+    }
+    query_reference = truth.unedited[i] != truth.unedited[j]
+    out["copy_original_micro_ap"] = (
+        micro_average_precision(scores[query_reference], labels[query_reference], n_copy_original)
+        if n_copy_original
+        else 0.0
+    )
+    for p in precisions:
+        out[f"recall_at_p{round(p * 100)}"] = (
+            recall_at_precision(scores, labels, n_pairs, p) if n_pairs else 0.0
+        )
+    threshold, _ = threshold_for_precision(scores, labels, n_pairs, flag_precision)
+    found = {(int(min(a, b)), int(max(a, b))): float(s) for a, b, s in zip(i, j, scores)}
+    lookalike_scores = [found[pair] for pair in truth.lookalikes if pair in found]
+    n_look = len(truth.lookalikes)
+    out["lookalike_in_knn"] = len(lookalike_scores) / n_look if n_look else 0.0
+    out["lookalike_above_threshold"] = (
+        sum(s > threshold for s in lookalike_scores) / n_look
+        if n_look and threshold is not None
+        else 0.0
+    )
+    out[f"threshold_at_p{round(flag_precision * 100)}"] = threshold
+    out.update(
+        n_true_pairs=n_pairs,
+        n_copy_original_pairs=n_copy_original,
+        n_lookalike_pairs=n_look,
+        n_predictions=len(i),
+        n_true_pairs_found=int(labels.sum()),
+    )
+    return out
+
+
+def precision_recall_above(
+    scores: np.ndarray, labels: np.ndarray, n_positives: int, threshold: float
+) -> tuple[float, float]:
+    """Precision and recall of the predictions with ``score > threshold``."""
+    accepted = np.asarray(scores) > threshold
+    tp = int(np.asarray(labels, bool)[accepted].sum())
+    n = int(accepted.sum())
+    return (tp / n if n else 0.0), (tp / n_positives if n_positives else 0.0)
