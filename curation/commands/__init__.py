@@ -4,4 +4,14 @@ To add a subcommand, add its module here and its name to :data:`COMMANDS` (only 
 are listed, so ``lvd --help`` never advertises a stub).
 """
 
-COMMANDS = ["demo", "synth", "decode", "download", "ingest", "embed", "dedup", "train_descriptor"]
+COMMANDS = [
+    "demo",
+    "synth",
+    "decode",
+    "download",
+    "ingest",
+    "embed",
+    "dedup",
+    "train_descriptor",
+    "bench",
+]

@@ -245,6 +245,30 @@ ROWS = [
         *("train-descriptor", "--images", "imgs", "--out", "d.pt", "--config", "broken.yaml"),
         expect="broken.yaml",
     ),
+    # bench copydetect: refused before the benchmark is built
+    row("bench_no_benchmark", "bench", expect="required: BENCHMARK"),
+    row(
+        "bench_checkpoint_missing",
+        *("bench", "copydetect", "--cache", "cache", "--checkpoint", "nope.pt"),
+        expect="nope.pt does not exist",
+    ),
+    row(
+        "bench_checkpoint_corrupt",
+        *("bench", "copydetect", "--cache", "cache", "--checkpoint", "corrupt.pt"),
+        expect="corrupt.pt",
+    ),
+    row(
+        "bench_cache_under_file",
+        *("bench", "copydetect", "--cache", "a_file/cache", "--phash"),
+        expect="a_file is a file",
+    ),
+    row(
+        "bench_json_under_file",
+        *("bench", "copydetect", "--cache", "cache", "--json", "a_file/r.json"),
+        expect="a_file is a file",
+    ),
+    row("bench_split_enum", "bench", "copydetect", "--split", "test", expect="'test'"),
+    row("bench_untrained_unknown", "bench", "copydetect", "--untrained", "vgg", expect="'vgg'"),
     # the Ray job, checked before Ray starts
     row("ray_job_unknown_key", "engine.nme=ray", expect="'engine.nme'", script="curate_ray"),
     row(
