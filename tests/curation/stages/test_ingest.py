@@ -11,7 +11,7 @@ import textwrap
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image, ImageDraw, ImageFilter
+from PIL import Image
 
 from curation.engines import get_engine
 from curation.io import read_parquet
@@ -117,28 +117,16 @@ def test_a_50000_pixel_square_png_is_rejected_in_bounded_memory(small_web, tmp_p
     assert report["peak"] < 1024**3, f"peak RSS {report['peak'] / 2**20:.0f} MiB"
 
 
-def _face(size: int = 200) -> Image.Image:
-    """A drawn face the frontal-face cascade finds: skin oval, dark brows and eyes, a mouth."""
-    image = Image.new("RGB", (size, size), (90, 120, 160))
-    draw = ImageDraw.Draw(image)
-    s = size
-    draw.ellipse((s * 0.2, s * 0.12, s * 0.8, s * 0.92), fill=(224, 188, 160))
-    for left in (0.3, 0.55):
-        draw.rectangle((s * left, s * 0.36, s * (left + 0.15), s * 0.40), fill=(60, 40, 30))
-        draw.ellipse((s * (left + 0.02), s * 0.43, s * (left + 0.13), s * 0.50), fill=(40, 30, 30))
-    draw.polygon(
-        [(s * 0.5, s * 0.5), (s * 0.46, s * 0.64), (s * 0.54, s * 0.64)], fill=(200, 160, 135)
-    )
-    draw.ellipse((s * 0.4, s * 0.72, s * 0.6, s * 0.78), fill=(150, 70, 70))
-    canvas = Image.new("RGB", (2 * size, size), (240, 240, 240))
-    canvas.paste(image.filter(ImageFilter.GaussianBlur(3)), (size // 2, 0))
-    return canvas
+# The astronaut photograph (scikit-image, public domain): one face, labelled by hand.
+ASTRONAUT_FACE = (178, 72, 266, 172)
 
 
 def test_face_blurring_blurs_faces_only_and_counts_them(small_web, tmp_path):
-    face_file = tmp_path / "images" / "face.png"
+    from curation.eval.real_images import real_pictures
+
+    face_file = tmp_path / "images" / "astronaut.png"
     face_file.parent.mkdir()
-    original = _face()
+    original = Image.fromarray(real_pictures(("astronaut",))[0].image)
     original.save(face_file)
     pool = list_image_files(small_web.pool_dir)[:30]
     shards = write_encoded_shards([face_file, *pool], tmp_path / "in", rows_per_shard=16)
@@ -147,25 +135,42 @@ def test_face_blurring_blurs_faces_only_and_counts_them(small_web, tmp_path):
         **{**cfg.__dict__, "ingest": IngestConfig(face_blur=FaceBlurConfig(enabled=True))}
     )
     stats = run_ingest(cfg, get_engine("local", progress=False), shards)
-    records = {
-        r["key"]: r
-        for r in read_parquet(
-            cfg.run_dir.stage("ingest").outputs(), IMAGE_RECORD_SCHEMA
-        ).to_pylist()
-    }
-    face = records["face"]
+    records = {r["key"]: r for r in pq.read_table(cfg.run_dir.stage("faces").outputs()).to_pylist()}
+    face = records["astronaut"]
     assert "blurred" in face["source_file"] and face["status"] == "ok"
+    assert face["face_count"] == len(face["face_boxes"]) >= 1
+    covering = [
+        (left, top, right, bottom)
+        for left, top, right, bottom in face["face_boxes"]
+        if left <= ASTRONAUT_FACE[0] + 10
+        and right >= ASTRONAUT_FACE[2] - 10
+        and top <= ASTRONAUT_FACE[1] + 10
+        and bottom >= ASTRONAUT_FACE[3] - 10
+    ]
+    assert covering, f"the labelled face {ASTRONAUT_FACE} is not among {face['face_boxes']}"
     with open(face["source_file"], "rb") as fh:
         fh.seek(face["source_offset"])
         stored = Image.open(io.BytesIO(fh.read(face["source_size"]))).convert("RGB")
     before, after = np.asarray(original, np.float32), np.asarray(stored, np.float32)
-    centre = (slice(60, 140), slice(160, 240))
-    assert np.abs(before[centre] - after[centre]).mean() > 5  # the face changed
-    assert np.abs(before[:, :60] - after[:, :60]).mean() < 3  # the background did not (JPEG aside)
-    assert stats["ingest"]["face_blur_images"] >= 1
-    assert stats["ingest"]["face_blur_faces"] >= 1
+    left, top, right, bottom = covering[0]
+    inside = (slice(top, bottom), slice(left, right))
+    assert np.abs(before[inside] - after[inside]).mean() > 15  # the face changed a lot
+    outside = np.ones(before.shape[:2], bool)
+    for left, top, right, bottom in face["face_boxes"]:  # JPEG blocks spill a little
+        outside[max(0, top - 8) : bottom + 8, max(0, left - 8) : right + 8] = False
+    assert np.abs(before[outside] - after[outside]).mean() < 2  # the rest did not (JPEG aside)
+    # later stages read the blurred records: the unique images point at the blurred copy
+    unique = pq.read_table(cfg.run_dir.stage("unique_images").outputs()).to_pylist()
+    assert [r["source_file"] for r in unique if r["key"] == "astronaut"] == [face["source_file"]]
+    assert stats["faces"]["face_blur_images"] >= 1
+    assert stats["faces"]["face_blur_faces"] >= 1
+    (blur,) = [entry for entry in stats["safety"] if entry["filter"] == "face_blur"]
+    assert blur["changed"] == stats["faces"]["face_blur_images"]
+    assert blur["checked"] == stats["faces"]["face_blur_checked"] > 0
+    saved = json.loads((cfg.run_dir.stage("ingest").path / "_safety.json").read_text())
+    assert saved["filters"] == stats["safety"]
     # Synthetic shapes are not faces: few false positives among pool images.
-    assert stats["ingest"]["face_blur_images"] <= 1 + 2
+    assert stats["faces"]["face_blur_images"] <= 1 + 2
 
 
 def test_face_blurrer_leaves_an_image_without_faces_alone(small_web):
