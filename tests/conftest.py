@@ -30,6 +30,9 @@ REQUIRED_UNDER_CI = {
     "webdataset": "the [dev] extra",
     "img2dataset": "a core dependency",
     "skimage": "the [dev] extra (scikit-image: the real pictures of the copy-detection tests)",
+    "onnxruntime": "the [safety] / [dev] extras (runs the NSFW detector)",
+    "nudenet": "the [safety] / [dev] extras (ships the NSFW detector's model file)",
+    "dlib": "the [safety] / [dev] extras (dlib-bin: the default face detector)",
 }
 
 SMALL_WEB = SynthConfig(
