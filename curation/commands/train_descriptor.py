@@ -100,12 +100,12 @@ def run(ns: argparse.Namespace) -> int:
 
     preset, base = resolve_preset(ns.preset, torch.cuda.is_available())
     cfg = load_config(DescriptorTrainConfig, ns.config, ns.overrides, base=base)
-    logging.getLogger(__name__).info("preset %s", preset)
     if cfg.arch not in descriptor_archs():
         raise ConfigError(
             f"arch {cfg.arch!r} is not a descriptor; choose one of {descriptor_archs()}"
         )
     eval_web = check_inputs(ns)
+    logging.getLogger(__name__).info("preset %s", preset)
     out = Path(ns.out)
     loaders = collect_loaders(
         images=ns.images, shards=ns.shards, tars=ns.tars, index_dir=out.parent / f"{out.stem}_index"
