@@ -87,7 +87,7 @@ def check_inputs(ns: argparse.Namespace) -> Path:
     from curation.config import ConfigError
     from curation.eval.debian_pictures import default_cache
     from curation.models.descriptor import descriptor_archs, is_descriptor_checkpoint
-    from curation.models.embedder import _read_checkpoint
+    from curation.models.embedder import read_checkpoint
 
     if not 0 < ns.target_precision <= 1:
         raise ConfigError(f"--target-precision must be in (0, 1], got {ns.target_precision}")
@@ -104,7 +104,7 @@ def check_inputs(ns: argparse.Namespace) -> Path:
             raise FileNotFoundError(f"checkpoint {path} does not exist")
         if not path.is_file():
             raise ConfigError(f"checkpoint {path} is a folder; give the .pt file")
-        payload = _read_checkpoint(path)  # CheckpointError (one line) when unreadable
+        payload = read_checkpoint(path)  # CheckpointError (one line) when unreadable
         if not is_descriptor_checkpoint(payload):
             raise ConfigError(
                 f"{path} is not an lvd descriptor checkpoint (lvd train-descriptor writes one)"

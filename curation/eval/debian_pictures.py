@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from curation.eval.real_images import RealImagesUnavailable, RealPicture, _to_rgb
+from curation.eval.real_images import RealImagesUnavailable, RealPicture, to_rgb_array
 
 PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 _MARKER = ".lvd-package.json"  # written last into an unpacked package folder
@@ -339,7 +339,7 @@ def _load(path: Path, max_side: int) -> np.ndarray:
         if max(image.size) > max_side:
             image = image.copy()
             image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
-        return _to_rgb(image)
+        return to_rgb_array(image)
 
 
 def picture_name(recipe: PackageRecipe, path: str) -> str:

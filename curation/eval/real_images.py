@@ -254,7 +254,7 @@ def package_folder(package: str) -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / _FOLDER[package]
 
 
-def _to_rgb(image: Image.Image) -> np.ndarray:
+def to_rgb_array(image: Image.Image) -> np.ndarray:
     if image.mode in ("RGBA", "LA", "P"):
         image = image.convert("RGBA")
         white = Image.new("RGBA", image.size, (255, 255, 255, 255))
@@ -277,7 +277,7 @@ def real_pictures(names: tuple[str, ...] | None = None) -> list[RealPicture]:
                 f"{path.parent}); install a version that ships it: pip install -U {entry.package}"
             )
         with Image.open(path) as image:
-            pixels = _to_rgb(image)
+            pixels = to_rgb_array(image)
         pictures.append(
             RealPicture(
                 name=entry.name,

@@ -102,7 +102,7 @@ def _checkpoint_step(path: Path, what: str, step: Callable[[], T]) -> T:
         ) from exc
 
 
-def _read_checkpoint(path: Path) -> Any:
+def read_checkpoint(path: Path) -> Any:
     """``torch.load`` (weights only) with one-line errors for empty, truncated or foreign files."""
     if path.stat().st_size == 0:
         raise CheckpointError(f"checkpoint {path}: the file is empty (0 bytes)")
@@ -166,7 +166,7 @@ def _load_file_model(path: Path) -> tuple[nn.Module, dict]:
             lambda: torch.jit.load(str(path), map_location="cpu"),
         )
         return _Normalized(script), {"kind": "torchscript"}
-    payload = _read_checkpoint(path)
+    payload = read_checkpoint(path)
     if is_descriptor_checkpoint(payload):
         model = _checkpoint_step(
             path,
@@ -196,7 +196,7 @@ def checkpoint_calibration(path: str | os.PathLike[str]) -> dict | None:
     path = Path(path)
     if _checkpoint_step(path, "unreadable zip archive", lambda: is_torchscript_file(path)):
         return None
-    payload = _read_checkpoint(path)
+    payload = read_checkpoint(path)
     if not is_descriptor_checkpoint(payload):
         return None
     calibration = payload.get("inference", {}).get("calibration")
