@@ -2,14 +2,16 @@
 
     spark-submit --master local[*] jobs/dedup_spark.py --embeddings runs/web/embed \\
         --out runs/web/dedup [--records runs/web/ingest] [--eval evals/imagenet_val ...] \\
-        [threshold=0.6 k=64 guard=true replicas=2 ...]
+        [threshold=0.6 score=density k=64 guard=true replicas=3 ...]
 
 Runs on the master spark-submit gives (``local[*]`` or a cluster; executors must share the file
 system of ``--out``). ``--embeddings``, ``--records`` (IMAGE_RECORD, for the pixel counts that pick
 representatives) and ``--eval`` may be repeated; ``key=value`` overrides set
 :class:`~curation.engines.spark_dedup.SparkDedupConfig`. Writes ``edges/``, ``components/``,
 ``_stats.json`` and ``_SUCCESS`` under ``--out`` and prints the stats as JSON; a finished ``--out``
-is not redone. Set ``spark.checkpoint.dir`` for reliable (not executor-local) checkpoints.
+is not redone. A score calibration recorded beside the embeddings (by ``lvd embed`` with a
+calibrated descriptor) applies as in ``lvd dedup``, unless ``score``/``threshold`` say otherwise or
+``use_calibration=false``. Set ``spark.checkpoint.dir`` for reliable (not executor-local) checkpoints.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from curation.commands.common import check_output_folder, input_folder
 from curation.config import load_config
 from curation.engines.spark import get_spark_session
 from curation.engines.spark_dedup import SparkDedupConfig, run_spark_dedup
+from curation.jobs.dedup import recorded_calibration
 from curation.jobs.errors import USER_ERRORS
 
 
@@ -66,9 +69,19 @@ def main(argv: list[str] | None = None) -> int:
         for folder in ns.evals:
             input_folder(folder, "evaluation folder")
         check_output_folder(ns.out, "output folder")
+        # The score calibration the embed stage recorded beside the embeddings, if any.
+        shards = [path for folder in ns.embeddings for path in sorted(folder.glob("*.parquet"))]
+        calibration, source = recorded_calibration(shards) if shards else (None, None)
         spark = get_spark_session(app_name="lvd-dedup")
         stats = run_spark_dedup(
-            spark, ns.embeddings, ns.out, config, records=ns.records, evals=ns.evals
+            spark,
+            ns.embeddings,
+            ns.out,
+            config,
+            records=ns.records,
+            evals=ns.evals,
+            calibration=calibration,
+            calibration_source=source,
         )
     except USER_ERRORS as exc:  # the same one-line errors as the lvd CLI
         if ns.debug:

@@ -3,103 +3,102 @@
 The LVD-142M procedure (DINOv2, arXiv 2304.07193; SPEC.md section 1) run the partitioned way of
 :mod:`curation.index.partition`:
 
-1. EMBEDDING folders are read as a DataFrame ``(key, embedding)`` of their ``ok`` rows.
+1. EMBEDDING folders (or shard files) are read as a DataFrame ``(key, embedding)`` of their ``ok``
+   rows.
 2. A coarse spherical k-means is trained at the driver on a sample (``sample_size`` rows); its
    centroids are broadcast and every vector goes to its ``replicas`` nearest centroids
    (``mapInArrow``), so a pair that straddles a cell boundary still meets in a shared partition;
    evaluation vectors go to their ``eval_replicas`` nearest (more: the set is small, and pairs at
    the stricter threshold lie farther apart).
-3. Each partition is searched exactly in one ``applyInArrow`` call: pool pairs with cosine over
-   ``threshold`` among each vector's ``k`` nearest, and pool x evaluation pairs over
-   ``eval_threshold``. A pair found in several partitions has the same similarity everywhere and is
-   kept once.
-4. Connected components of the edge DataFrame by the alternating large-star / small-star algorithm
-   (Kiveris et al., "Connected Components in MapReduce and Beyond", SoCC 2014), lineage cut by a
-   checkpoint every round (reliable when ``spark.checkpoint.dir`` is set, local otherwise).
-5. One ``applyInArrow`` per connected component picks representatives by
-   :func:`~curation.index.components.priority_rank` (largest pixel count, then smallest key) and,
-   with ``guard``, applies the chaining guard :func:`~curation.index.components.greedy_star`;
-   guarding each component on its own gives the whole graph's groups.
-6. Every group holding a pool image matched to an evaluation image is removed whole
+3. Each partition is searched exactly in one ``applyInArrow`` call (:mod:`.spark_pairs`): pool
+   pairs among each vector's ``k`` nearest, and pool x evaluation pairs over ``eval_threshold``.
+   A pair found in several partitions has the same similarity everywhere and is kept once. The
+   edge score is the cosine, or with ``score: density`` SSCD's density-corrected score with each
+   image's density merged across its partitions.
+4. Connected components and representatives (:mod:`.spark_components`), chaining guard optional.
+5. Every group holding a pool image matched to an evaluation image is removed whole
    (``eval_contaminated``); in the others the representative is ``kept``, the rest ``duplicate``.
 
-Component ids number the groups by their smallest key, which is what
-:func:`~curation.index.components.components_table` gives for nodes in key order. Outputs (files are
-written by the Spark tasks with pyarrow, so executors must share the output file system, as for
-:class:`~curation.engines.spark.SparkEngine`): ``edges/`` (DEDUP_EDGE), ``components/``
-(DEDUP_COMPONENT), ``_config.yaml``, ``_stats.json`` and, last, ``_SUCCESS``; a finished output
-folder is not redone.
+Outputs (files are written by the Spark tasks with pyarrow, so executors must share the output
+file system, as for :class:`~curation.engines.spark.SparkEngine`): ``edges/`` (DEDUP_EDGE),
+``components/`` (DEDUP_COMPONENT), ``_config.yaml``, ``_stats.json`` and, last, ``_SUCCESS``; a
+finished output folder is not redone. ``lvd dedup --engine spark`` runs the same computation
+(:func:`spark_dedup_frames`) into a run's stage folders (:mod:`curation.jobs.dedup_spark`).
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import shutil
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 import yaml
 
-from curation.config import ConfigError, to_dict
-from curation.engines.base import EngineUnavailable
-from curation.engines.spark import _import_pyspark, to_spark_schema
-from curation.index.components import (
-    REASON_CONTAMINATED,
-    REASON_DUPLICATE,
-    choose_representatives,
-    greedy_star,
-    priority_rank,
+from curation.config import ConfigError, check_choices, to_dict
+from curation.engines.spark import to_spark_schema
+from curation.engines.spark_components import (
+    component_representatives,
+    components_frame,
+    connected_component_roots,
 )
-from curation.index.knn import cross_pairs
-from curation.index.partition import (
-    assign_nearest,
-    pairs_within_partition,
-    train_coarse_centroids,
+from curation.engines.spark_frames import (
+    check_vectors,
+    cut_lineage,
+    functions,
+    read_embedding_frame,
+    read_pixel_counts,
+    write_folder,
 )
-from curation.io import AtomicParquetWriter, read_json, write_bytes_atomic, write_json_atomic
-from schemas import (
-    DEDUP_COMPONENT_SCHEMA,
-    DEDUP_EDGE_SCHEMA,
-    DEDUP_REASON_KEPT,
-    STATUS_OK,
-    SchemaError,
+from curation.engines.spark_pairs import (
+    PAIR_SCHEMA,
+    assign_partitions,
+    density_scored_edges,
+    distinct_pairs,
+    partition_pairs,
+    train_partition_centroids,
 )
+from curation.engines.spark_stats import component_stats_of, eval_set_stats, reason_counts
+from curation.index.calibration import ScoreCalibration
+from curation.index.components import REASON_CONTAMINATED, REASON_DUPLICATE
+from curation.index.knn import DensityScore
+from curation.io import read_json, write_bytes_atomic, write_json_atomic
+from curation.stages.copy_dedup import CopyDedupConfig, EdgeScoring, resolve_scoring
+from schemas import DEDUP_COMPONENT_SCHEMA, DEDUP_EDGE_SCHEMA, DEDUP_REASON_KEPT, SchemaError
 
 logger = logging.getLogger(__name__)
 
 SUCCESS = "_SUCCESS"
-MAX_STAR_ROUNDS = 100  # large-star / small-star needs O(log^2 n) rounds
-TOP_COMPONENTS = 10
-EXAMPLE_PAIRS = 5
-# Pairs found inside one partition: eval_set is null for pool x pool edges, else the set's name.
-_PAIR_SCHEMA = pa.schema(
-    [
-        pa.field("eval_set", pa.string()),
-        pa.field("src_key", pa.string(), nullable=False),
-        pa.field("dst_key", pa.string(), nullable=False),
-        pa.field("similarity", pa.float32(), nullable=False),
-    ]
-)
-_GROUP_SCHEMA = pa.schema(
-    [pa.field("key", pa.string(), nullable=False), pa.field("representative_key", pa.string())]
-)
 
 
 @dataclass(frozen=True)
 class SparkDedupConfig:
     k: int = 64  # nearest neighbours per image (within its partition)
-    threshold: float = 0.6  # pool edges: cosine > threshold
-    eval_threshold: float = 0.45  # pool x evaluation pairs: cosine > eval_threshold
+    # Edge score and threshold, with the precedence of the in-process job
+    # (:func:`curation.stages.copy_dedup.resolve_scoring`): "auto" takes the kind of the score
+    # calibration recorded with the embeddings, else cosine; threshold None takes the recorded
+    # calibrated threshold for that kind, else cosine 0.6. "density": cosine - beta * (density_a +
+    # density_b) / 2, a density being the mean similarity of an image's neighbours ranked
+    # ranks[0]..ranks[1] (SSCD); ranks and beta here apply when no calibration does.
+    score: Literal["auto", "cosine", "density"] = "auto"
+    threshold: float | None = None
+    use_calibration: bool = True  # false: ignore a calibration recorded with the embeddings
+    ranks: tuple[int, int] = (5, 20)
+    beta: float = 1.0
+    eval_threshold: float = 0.45  # pool x evaluation pairs: raw cosine > eval_threshold
     # Chaining guard: a member must be within the threshold of its group's representative.
     guard: bool = True
     n_centroids: int | None = None  # coarse cells; None: about sqrt(number of pool vectors)
-    replicas: int = 2  # cells per vector (>= 2, so pairs across a cell boundary still meet)
+    # Cells per vector (>= 2, so pairs across a cell boundary still meet). Pair recall against
+    # exact search at cosine 0.6, 30k vectors, 32 / 173 cells (benchmarks/bench_dedup.py
+    # --recall-sweep): planted 512-d copies (cosine 0.8-0.95) r=2 0.994 / 0.998, r=3 0.9993 / 1.0,
+    # r=4 1.0 / 1.0; spread 128-d clusters (pairs across the threshold) r=2 0.884 / 0.953,
+    # r=3 0.966 / 0.978, r=4 0.991 / 0.990. 3: most of r=4's recall for 3/4 of its search work.
+    replicas: int = 3
     # Cells per evaluation vector (at least ``replicas``): evaluation sets are small next to the
     # pool, and the stricter threshold reaches pairs farther apart, which share fewer cells.
     eval_replicas: int = 8
@@ -107,11 +106,14 @@ class SparkDedupConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        check_choices(self)
         if self.k < 1:
             raise ValueError(f"k must be at least 1, got {self.k}")
-        for name in ("threshold", "eval_threshold"):
-            if not -1.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"{name} is a cosine in [-1, 1), got {getattr(self, name)}")
+        if self.threshold is not None and not -1.0 <= self.threshold < 1.0:
+            raise ValueError(f"threshold is a score in [-1, 1), got {self.threshold}")
+        if not -1.0 <= self.eval_threshold < 1.0:
+            raise ValueError(f"eval_threshold is a cosine in [-1, 1), got {self.eval_threshold}")
+        DensityScore(tuple(self.ranks), self.beta)  # checks ranks and beta
         if self.replicas < 2:
             raise ValueError(
                 f"replicas must be at least 2 (pairs straddling a cell boundary must meet in a "
@@ -125,465 +127,130 @@ class SparkDedupConfig:
             raise ValueError(f"sample_size must be at least 1, got {self.sample_size}")
 
 
-def _pyspark():
-    pyspark = _import_pyspark()
-    if not hasattr(pyspark.sql.GroupedData, "applyInArrow"):
-        raise EngineUnavailable(
-            f"the Spark dedup needs PySpark >= 4.0 (applyInArrow); this is {pyspark.__version__}: "
-            "pip install -U 'pyspark>=4.0'"
+def resolve_score(
+    config: SparkDedupConfig,
+    calibration: ScoreCalibration | None = None,
+    source: str | None = None,
+) -> EdgeScoring:
+    """The score, threshold (and centre) this dedup applies: ``config`` over the ``calibration``
+    recorded with the embeddings (read from ``source``) over the defaults, by the in-process rule
+    (:func:`curation.stages.copy_dedup.resolve_scoring`); the config's ranks and beta when no
+    calibration applies."""
+    shim = CopyDedupConfig(
+        score=config.score, threshold=config.threshold, use_calibration=config.use_calibration
+    )
+    scoring = resolve_scoring(shim, calibration, source)
+    if scoring.calibration_from is None:
+        scoring = replace(scoring, ranks=tuple(config.ranks), beta=config.beta)
+    return scoring
+
+
+class DedupFrames(NamedTuple):
+    """What :func:`spark_dedup_frames` computed (frames are lazy unless noted)."""
+
+    pool: Any  # (key, embedding) of the pool's ok rows
+    edges: Any  # DEDUP_EDGE rows (materialised)
+    eval_pairs: Any  # (eval_set, src_key = pool key, dst_key = evaluation key, similarity)
+    components: Any  # DEDUP_COMPONENT rows (materialised)
+    densities: Any | None  # (key, density) with density scores
+    images: int
+    dim: int | None
+    centroids: int
+    eval_sets: dict[str, int]  # name -> evaluation images
+    scoring: EdgeScoring
+
+
+def _eval_groups(evals: Sequence[Path] | Mapping[str, Sequence[Path]]) -> dict[str, list[Path]]:
+    """Evaluation sets by name: a mapping as given, or folders named after themselves."""
+    if isinstance(evals, Mapping):
+        return {name: list(paths) for name, paths in evals.items()}
+    groups: dict[str, list[Path]] = {}
+    for folder in evals:
+        name = Path(folder).name or str(folder)
+        candidate, n = name, 1
+        while candidate in groups:
+            n += 1
+            candidate = f"{name}-{n}"
+        groups[candidate] = [Path(folder)]
+    return groups
+
+
+def spark_dedup_frames(
+    spark,
+    embeddings: Sequence[Path],
+    config: SparkDedupConfig,
+    *,
+    records: Sequence[Path] = (),
+    evals: Sequence[Path] | Mapping[str, Sequence[Path]] = (),
+    calibration: ScoreCalibration | None = None,
+    calibration_source: str | None = None,
+) -> DedupFrames:
+    """The dedup of ``embeddings`` (folders or shard files) against ``evals``, as DataFrames;
+    ``calibration``: the score calibration recorded with the embeddings (:func:`resolve_score`)."""
+    F = functions()
+    scoring = resolve_score(config, calibration, calibration_source)
+    pool = read_embedding_frame(spark, embeddings)
+    n_pool, dim = check_vectors(pool, "embedding folders")
+    pixels = read_pixel_counts(spark, records) if records else None
+    eval_frames, eval_sizes = [], {}
+    for name, paths in _eval_groups(evals).items():
+        frame = read_embedding_frame(spark, paths, "evaluation folder")
+        n_eval, eval_dim = check_vectors(frame, f"evaluation set {name}")
+        if n_eval and n_pool and eval_dim != dim:
+            raise SchemaError(f"evaluation set {name} is {eval_dim}-d but the pool is {dim}-d")
+        eval_frames.append(frame.withColumn("eval_set", F.lit(name)))
+        eval_sizes[name] = n_eval
+
+    if n_pool:
+        centroids = train_partition_centroids(
+            pool, n_pool, config.n_centroids, config.sample_size, config.seed
         )
-    return pyspark
-
-
-def _functions():
-    return _pyspark().sql.functions
-
-
-# ---------------------------------------------------------------------------------------- inputs
-
-
-def _parquet_folder(folder: Path, what: str) -> Path:
-    folder = Path(folder)
-    if not folder.exists():
-        raise FileNotFoundError(f"{what} {folder} does not exist")
-    if not folder.is_dir():
-        raise ConfigError(f"{what} {folder} is a file; give the folder that holds it")
-    if not any(p.name[0] not in "._" for p in folder.glob("*.parquet")):
-        raise FileNotFoundError(f"{what} {folder} holds no .parquet files")
-    return folder
-
-
-def read_embedding_frame(spark, folders: Sequence[Path], what: str = "embedding folder"):
-    """DataFrame ``(key string, embedding array<float>)`` of the ``ok`` rows of EMBEDDING folders
-    (all rows when a folder has no ``status`` column, as EMBEDDING v1)."""
-    F, T = _functions(), _pyspark().sql.types
-    frames = []
-    for folder in folders:
-        frame = spark.read.parquet(str(_parquet_folder(folder, what)))
-        fields = {f.name: f.dataType for f in frame.schema.fields}
-        embedding = fields.get("embedding")
-        if not (
-            isinstance(fields.get("key"), T.StringType)
-            and isinstance(embedding, T.ArrayType)
-            and isinstance(embedding.elementType, T.FloatType)
-        ):
-            raise SchemaError(
-                f"{what} {folder} does not hold EMBEDDING shards: it needs columns key (string) "
-                f"and embedding (float32 list), found {frame.schema.simpleString()}"
-            )
-        if "status" in fields:
-            frame = frame.where(F.col("status") == STATUS_OK)
-        frames.append(frame.where(F.col("embedding").isNotNull()).select("key", "embedding"))
-    if not frames:
-        raise FileNotFoundError(f"no {what} given")
-    union = frames[0]
-    for frame in frames[1:]:
-        union = union.unionByName(frame)
-    return union
-
-
-def read_pixel_counts(spark, folders: Sequence[Path]):
-    """DataFrame ``(key, pixel_count)`` from IMAGE_RECORD folders (width x height of ``ok`` rows)."""
-    F = _functions()
-    frames = []
-    for folder in folders:
-        frame = spark.read.parquet(str(_parquet_folder(folder, "image record folder")))
-        missing = {"key", "width", "height"} - set(frame.columns)
-        if missing:
-            raise SchemaError(
-                f"image record folder {folder} does not hold IMAGE_RECORD shards: missing "
-                f"column(s) {sorted(missing)}"
-            )
-        if "status" in frame.columns:
-            frame = frame.where(F.col("status") == STATUS_OK)
-        pixels = F.col("width").cast("long") * F.col("height").cast("long")
-        frames.append(frame.select("key", pixels.alias("pixel_count")))
-    union = frames[0]
-    for frame in frames[1:]:
-        union = union.unionByName(frame)
-    return union.groupBy("key").agg(F.max("pixel_count").alias("pixel_count"))
-
-
-def _check_vectors(frame, what: str) -> tuple[int, int | None]:
-    """Rows and width of an embedding frame; an error on mixed widths or repeated keys."""
-    F = _functions()
-    row = frame.agg(
-        F.count("*").alias("rows"),
-        F.count_distinct("key").alias("keys"),
-        F.min(F.size("embedding")).alias("low"),
-        F.max(F.size("embedding")).alias("high"),
-    ).first()
-    if row["rows"] and row["low"] != row["high"]:
-        raise SchemaError(f"{what}: embeddings of different widths {row['low']}..{row['high']}")
-    if row["keys"] != row["rows"]:
-        raise SchemaError(
-            f"{what}: {row['rows'] - row['keys']} repeated key(s); keys must be unique"
+        pool_rows = pool.withColumn("eval_set", F.lit(None).cast("string"))
+        assigned = assign_partitions(pool_rows, centroids, config.replicas)
+        for frame in eval_frames:
+            replicas = max(config.eval_replicas, config.replicas)
+            assigned = assigned.unionByName(assign_partitions(frame, centroids, replicas))
+        pairs = partition_pairs(
+            assigned,
+            config.k,
+            scoring.threshold,
+            config.eval_threshold,
+            scoring.density(),
+            center=scoring.center,
         )
-    return row["rows"], row["low"]
-
-
-# -------------------------------------------------------------------------------- partitioned search
-
-
-def _matrix(column) -> np.ndarray:
-    """``(rows, d)`` float32 from an Arrow list column of equal-length float lists."""
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks() if column.num_chunks else pa.array([], column.type)
-    values = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
-    return values.reshape(len(column), -1) if len(column) else values.reshape(0, 0)
-
-
-def _strings(column) -> pa.Array:
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks() if column.num_chunks else pa.array([], column.type)
-    return column.cast(pa.string())
-
-
-def _limit_threads() -> None:
-    """faiss inside a Spark task uses the task's cores, not the machine's."""
-    import faiss
-
-    context = _pyspark().TaskContext.get()
-    if context is not None:
-        faiss.omp_set_num_threads(max(1, int(context.cpus())))
-
-
-def train_partition_centroids(frame, n_rows: int, config: SparkDedupConfig) -> np.ndarray:
-    """Coarse centroids from a seeded sample of ``frame`` collected to the driver."""
-    fraction = min(1.0, 1.2 * config.sample_size / max(n_rows, 1))
-    sampled = frame.sample(withReplacement=False, fraction=fraction, seed=config.seed)
-    sample = _matrix(sampled.limit(config.sample_size).select("embedding").toArrow()["embedding"])
-    if len(sample) == 0:  # a tiny frame can sample nothing
-        sample = _matrix(frame.limit(config.sample_size).select("embedding").toArrow()["embedding"])
-    wanted = config.n_centroids or max(1, round(math.sqrt(n_rows)))
-    n_centroids = min(wanted, len(sample))
-    if n_centroids < wanted:
-        logger.warning(
-            "%d centroids asked, %d sample rows: using %d", wanted, len(sample), n_centroids
-        )
-    logger.info("coarse k-means: %d centroids on %d sampled vectors", n_centroids, len(sample))
-    return train_coarse_centroids(sample, n_centroids, seed=config.seed)
-
-
-def assign_partitions(frame, centroids: np.ndarray, replicas: int):
-    """``frame`` with a leading ``partition`` column, each row once per nearest centroid."""
-    spark = frame.sparkSession
-    T = _pyspark().sql.types
-    shared = spark.sparkContext.broadcast(np.ascontiguousarray(centroids, dtype=np.float32))
-    r = min(replicas, len(centroids))
-
-    def assign(batches):
-        _limit_threads()
-        for batch in batches:
-            if batch.num_rows == 0:
-                continue
-            cells = assign_nearest(_matrix(batch.column("embedding")), shared.value, r)
-            rows = batch.take(pa.array(np.repeat(np.arange(batch.num_rows), r)))
-            yield pa.RecordBatch.from_arrays(
-                [pa.array(cells.reshape(-1), pa.int64()), *rows.columns],
-                names=["partition", *rows.schema.names],
-            )
-
-    schema = T.StructType([T.StructField("partition", T.LongType(), False), *frame.schema.fields])
-    return frame.mapInArrow(assign, schema)
-
-
-def partition_pairs(assigned, config: SparkDedupConfig):
-    """Pairs found partition by partition (``eval_set``, ``src_key``, ``dst_key``, ``similarity``):
-    pool x pool edges over ``threshold`` (``eval_set`` null, ``src_key < dst_key``) and pool x
-    evaluation pairs over ``eval_threshold`` (``src_key`` the pool image). Not yet deduplicated."""
-    k, threshold, eval_threshold = config.k, config.threshold, config.eval_threshold
-
-    def search(table: pa.Table) -> pa.Table:
-        _limit_threads()
-        is_eval = pc.is_valid(table.column("eval_set"))
-        pool = table.filter(pc.invert(is_eval))
-        pool_keys = _strings(pool.column("key"))
-        x = _matrix(pool.column("embedding"))
-        found = []
-        if pool.num_rows > 1:
-            edges = pairs_within_partition(pool_keys, x, k, threshold)
-            found.append(
-                edges.add_column(
-                    0, _PAIR_SCHEMA.field("eval_set"), pa.nulls(len(edges), pa.string())
-                )
-            )
-        evals = table.filter(is_eval)
-        if pool.num_rows and evals.num_rows:
-            for name in pc.unique(evals.column("eval_set")).to_pylist():
-                refs = evals.filter(pc.equal(evals.column("eval_set"), name))
-                qi, ri, sim = cross_pairs(
-                    x,
-                    _matrix(refs.column("embedding")),
-                    k,
-                    eval_threshold,
-                    index="flat",
-                    use_gpu=False,
-                )
-                found.append(
-                    pa.table(
-                        {
-                            "eval_set": pa.array([name] * len(qi), pa.string()),
-                            "src_key": pool_keys.take(pa.array(qi)),
-                            "dst_key": _strings(refs.column("key")).take(pa.array(ri)),
-                            "similarity": pa.array(sim, pa.float32()),
-                        },
-                        schema=_PAIR_SCHEMA,
-                    )
-                )
-        if not found:
-            return _PAIR_SCHEMA.empty_table()
-        return pa.concat_tables([t.cast(_PAIR_SCHEMA) for t in found])
-
-    return assigned.groupBy("partition").applyInArrow(search, to_spark_schema(_PAIR_SCHEMA))
-
-
-def _distinct_pairs(pairs, *columns):
-    """One row per pair (every partition that found it computed the same similarity)."""
-    F = _functions()
-    return pairs.groupBy(*columns).agg(F.max("similarity").alias("similarity"))
-
-
-# ---------------------------------------------------------------------------- connected components
-
-
-def _cut_lineage(frame):
-    """Materialise ``frame`` and forget how it was computed (iterative plans grow otherwise)."""
-    if frame.sparkSession.sparkContext.getCheckpointDir():
-        return frame.checkpoint(eager=True)
-    return frame.localCheckpoint(eager=True)
-
-
-def _large_star(edges):
-    """Each node links its larger neighbours to the smallest node of its closed neighbourhood."""
-    F = _functions()
-    both = edges.unionByName(edges.select(F.col("v").alias("u"), F.col("u").alias("v")))
-    smallest = both.groupBy("u").agg(F.least(F.min("v"), F.col("u")).alias("m"))
-    larger = both.join(smallest, "u").where(F.col("v") > F.col("u"))
-    return larger.select(F.col("v").alias("u"), F.col("m").alias("v")).distinct()
-
-
-def _small_star(edges):
-    """Each node links itself and its smaller neighbours to the smallest of them."""
-    F = _functions()
-    down = edges.select(F.greatest("u", "v").alias("u"), F.least("u", "v").alias("v"))
-    smallest = down.groupBy("u").agg(F.min("v").alias("m"))
-    linked = down.join(smallest, "u").select(F.col("v").alias("u"), F.col("m").alias("v"))
-    linked = linked.unionByName(smallest.select("u", F.col("m").alias("v")))
-    return linked.where(F.col("u") != F.col("v")).distinct()
-
-
-def _is_star_forest(edges) -> bool:
-    """Every node links to one node only, and that node links nowhere (it is its root)."""
-    F = _functions()
-    forked = edges.groupBy("u").count().where(F.col("count") > 1).select("u")
-    chained = edges.join(edges.select(F.col("u").alias("v")).distinct(), "v", "left_semi")
-    return forked.unionByName(chained.select("u")).limit(1).count() == 0
-
-
-def connected_component_roots(edges):
-    """``(key, root)`` for every key of an edge frame ``(src_key, dst_key)``: ``root`` is the
-    smallest key of its connected component (large-star / small-star, Kiveris et al. 2014)."""
-    F = _functions()
-    links = edges.select(F.col("src_key").alias("u"), F.col("dst_key").alias("v"))
-    links = links.where(F.col("u") != F.col("v")).distinct()
-    for round_ in range(1, MAX_STAR_ROUNDS + 1):
-        links = _cut_lineage(_small_star(_large_star(links)))
-        if _is_star_forest(links):
-            logger.info("connected components: converged after %d round(s)", round_)
-            break
+        pairs = cut_lineage(pairs)
     else:
-        raise RuntimeError(f"connected components did not converge in {MAX_STAR_ROUNDS} rounds")
-    roots = links.select(F.col("v").alias("root")).distinct()
-    return links.select(F.col("u").alias("key"), F.col("v").alias("root")).unionByName(
-        roots.select(F.col("root").alias("key"), "root")
-    )
-
-
-def component_representatives(roots, edges, pixels, guard: bool):
-    """``(key, representative_key)`` for every key in a connected component: the best-ranked
-    member (:func:`priority_rank`), or with ``guard`` the chaining-guarded groups
-    (:func:`greedy_star`), one ``applyInArrow`` per component."""
-    F = _functions()
-    members = roots
-    if pixels is not None:
-        members = members.join(pixels, "key", "left")
-    else:
-        members = members.withColumn("pixel_count", F.lit(None).cast("long"))
-    # Fresh column names on each side: both derive from ``roots``, which a cogroup cannot tell apart.
-    members = members.select(F.col("root").alias("member_root"), "key", "pixel_count")
-    inside = edges.join(roots.withColumnRenamed("key", "src_key"), "src_key").select(
-        F.col("root").alias("edge_root"), "src_key", "dst_key"
-    )
-
-    def choose(members: pa.Table, component_edges: pa.Table) -> pa.Table:
-        keys = _strings(members.column("key"))
-        rank = priority_rank(members.column("pixel_count"), keys)
-        if guard:
-            i = pc.index_in(_strings(component_edges.column("src_key")), value_set=keys)
-            j = pc.index_in(_strings(component_edges.column("dst_key")), value_set=keys)
-            rep = greedy_star(len(keys), i.to_numpy(), j.to_numpy(), rank)
-        else:
-            rep = choose_representatives(np.zeros(len(keys), dtype=np.int64), rank)
-        return pa.table(
-            {"key": keys, "representative_key": keys.take(pa.array(rep))}, schema=_GROUP_SCHEMA
+        centroids = np.zeros((0, 0), np.float32)
+        pairs = spark.createDataFrame([], to_spark_schema(PAIR_SCHEMA))
+    rows = distinct_pairs(pairs.where(F.col("eval_set").isNull()), "src_key", "dst_key")
+    densities = None
+    if scoring.kind == "density":
+        rows, densities = density_scored_edges(
+            cut_lineage(rows), scoring.threshold, scoring.density()
         )
-
-    grouped = members.groupBy("member_root").cogroup(inside.groupBy("edge_root"))
-    return grouped.applyInArrow(choose, to_spark_schema(_GROUP_SCHEMA))
-
-
-def _number_by_smallest_key(spark, groups):
-    """``(group_min, component_id)``: ids 0, 1, ... in order of each group's smallest key
-    (a distributed sort and ``zipWithIndex``, not one partition holding every group)."""
-    ordered = groups.select("group_min").orderBy("group_min")
-    numbered = ordered.rdd.zipWithIndex().map(lambda pair: (pair[0][0], pair[1]))
-    return spark.createDataFrame(numbered, schema="group_min string, component_id long")
-
-
-def components_frame(keys, representatives, contaminated_keys):
-    """DEDUP_COMPONENT rows for every key of ``keys`` (a frame with a ``key`` column)."""
-    F = _functions()
-    spark = keys.sparkSession
-    nodes = keys.select("key").join(representatives, "key", "left")
-    nodes = _cut_lineage(
-        nodes.select("key", F.coalesce("representative_key", "key").alias("representative_key"))
+    edges = cut_lineage(rows)
+    eval_pairs = distinct_pairs(
+        pairs.where(F.col("eval_set").isNotNull()), "eval_set", "src_key", "dst_key"
     )
-    groups = nodes.groupBy("representative_key").agg(F.min("key").alias("group_min"))
-    ids = _number_by_smallest_key(spark, groups)
-    bad = (
-        contaminated_keys.join(nodes, "key")
-        .select("representative_key")
-        .distinct()
-        .withColumn("contaminated", F.lit(True))
-    )
-    table = (
-        nodes.join(groups, "representative_key")
-        .join(ids, "group_min")
-        .join(bad, "representative_key", "left")
-    )
-    is_rep = F.col("key") == F.col("representative_key")
-    is_bad = F.coalesce(F.col("contaminated"), F.lit(False))
-    reason = (
-        F.when(is_bad, F.lit(REASON_CONTAMINATED))
-        .when(is_rep, F.lit(DEDUP_REASON_KEPT))
-        .otherwise(F.lit(REASON_DUPLICATE))
-    )
-    return table.select(
-        "key",
-        "component_id",
-        "representative_key",
-        (is_rep & ~is_bad).alias("keep"),
-        reason.alias("reason"),
-    )
+    roots = connected_component_roots(edges)
+    representatives = component_representatives(roots, edges, pixels, config.guard)
+    contaminated = eval_pairs.select(F.col("src_key").alias("key")).distinct()
+    components = cut_lineage(components_frame(pool, representatives, contaminated))
+    return DedupFrames(
+        pool, edges, eval_pairs, components, densities, n_pool, dim, len(centroids),
+        eval_sizes, scoring,
+    )  # fmt: skip
 
 
-# ------------------------------------------------------------------------------------- outputs
-
-
-def _write_folder(frame, folder: Path, schema: pa.Schema) -> int:
-    """One ``part-NNNNN.parquet`` per Spark partition of ``frame`` (in order), written by the task
-    with ``schema`` (temp then rename, so a retried task rewrites its own file); rows written."""
-    F = _functions()
-    folder.mkdir(parents=True, exist_ok=True)
-    target = str(folder)
-
-    def write(batches):
-        part = _pyspark().TaskContext.get().partitionId()
-        with AtomicParquetWriter(Path(target) / f"part-{part:05d}.parquet", schema) as writer:
-            for batch in batches:
-                table = pa.Table.from_batches([batch]).select(schema.names)
-                writer.write(table.cast(schema))
-        yield pa.RecordBatch.from_pydict({"rows": pa.array([writer.rows], pa.int64())})
-
-    written = frame.mapInArrow(write, "rows long").agg(F.count("*"), F.sum("rows")).first()
-    if not written[0]:  # no partition at all: still leave a readable, empty dataset
-        with AtomicParquetWriter(folder / "part-00000.parquet", schema):
-            pass
-    return int(written[1] or 0)
-
-
-def _run_description(config, embeddings, records, evals) -> dict:
+def _run_description(config, embeddings, records, evals, calibration) -> dict:
+    groups = _eval_groups(evals)
     return {
         "config": to_dict(config),
         "embeddings": [str(Path(p).absolute()) for p in embeddings],
         "records": [str(Path(p).absolute()) for p in records],
-        "evals": [str(Path(p).absolute()) for p in evals],
+        "evals": {name: [str(Path(p).absolute()) for p in paths] for name, paths in groups.items()},
+        "calibration": calibration.to_dict() if calibration is not None else None,
     }
-
-
-def _eval_set_names(folders: Sequence[Path]) -> list[str]:
-    names = []
-    for folder in folders:
-        name = Path(folder).name or str(folder)
-        candidate, n = name, 1
-        while candidate in names:
-            n += 1
-            candidate = f"{name}-{n}"
-        names.append(candidate)
-    return names
-
-
-def _component_stats(components) -> dict:
-    """Like :func:`curation.index.components.component_stats`, from the components frame."""
-    F = _functions()
-    sizes = components.groupBy("component_id").agg(F.count("*").alias("size"))
-    histogram = {
-        int(r["size"]): int(r["n"])
-        for r in sizes.groupBy("size").agg(F.count("*").alias("n")).orderBy("size").collect()
-    }
-    top = (
-        sizes.where(F.col("size") > 1)
-        .orderBy(F.col("size").desc(), "component_id")
-        .limit(TOP_COMPONENTS)
-        .collect()
-    )
-    members = {}
-    if top:
-        ids = [r["component_id"] for r in top]
-        rows = (
-            components.where(F.col("component_id").isin(ids))
-            .groupBy("component_id")
-            .agg(F.sort_array(F.collect_list("key")).alias("keys"))
-            .collect()
-        )
-        members = {r["component_id"]: list(r["keys"]) for r in rows}
-    return {
-        "images": int(sum(s * c for s, c in histogram.items())),
-        "components": int(sum(histogram.values())),
-        "images_in_groups": int(sum(s * c for s, c in histogram.items() if s > 1)),
-        "size_histogram": {str(s): c for s, c in histogram.items()},
-        "largest": [members[r["component_id"]] for r in top],
-    }
-
-
-def _eval_set_stats(eval_pairs, names: list[str]) -> dict:
-    """Per evaluation set: pairs, pool images matched, the closest pairs as examples."""
-    F = _functions()
-    Window = _pyspark().sql.Window
-    per_set = {name: {"pairs": 0, "pool_images_matched": 0, "examples": []} for name in names}
-    if not names:
-        return per_set
-    counts = eval_pairs.groupBy("eval_set").agg(
-        F.count("*").alias("pairs"), F.count_distinct("src_key").alias("pool_images_matched")
-    )
-    for row in counts.collect():
-        per_set[row["eval_set"]].update(
-            pairs=row["pairs"], pool_images_matched=row["pool_images_matched"]
-        )
-    best = Window.partitionBy("eval_set").orderBy(F.col("similarity").desc(), "src_key", "dst_key")
-    examples = eval_pairs.withColumn("n", F.row_number().over(best)).where(
-        F.col("n") <= EXAMPLE_PAIRS
-    )
-    for row in examples.orderBy("eval_set", "n").collect():
-        per_set[row["eval_set"]]["examples"].append(
-            {
-                "pool_key": row["src_key"],
-                "eval_key": row["dst_key"],
-                "similarity": row["similarity"],
-            }
-        )
-    return per_set
 
 
 def run_spark_dedup(
@@ -593,14 +260,18 @@ def run_spark_dedup(
     config: SparkDedupConfig = SparkDedupConfig(),
     *,
     records: Sequence[Path] = (),
-    evals: Sequence[Path] = (),
+    evals: Sequence[Path] | Mapping[str, Sequence[Path]] = (),
+    calibration: ScoreCalibration | None = None,
+    calibration_source: str | None = None,
 ) -> dict:
     """Dedup the ``embeddings`` folders (and decontaminate them against ``evals``) into ``out``;
-    returns the stats written to ``out/_stats.json``. A finished ``out`` (``_SUCCESS``) made with
-    the same inputs and config is returned as is; made with others, it is an error."""
-    F = _functions()
+    returns the stats written to ``out/_stats.json``. ``calibration``: the score calibration
+    recorded with the embeddings' descriptor, read from ``calibration_source`` (see
+    :func:`resolve_score`). A finished ``out``
+    (``_SUCCESS``) made with the same inputs and config is returned as is; made with others, it is
+    an error."""
     out = Path(out)
-    description = _run_description(config, embeddings, records, evals)
+    description = _run_description(config, embeddings, records, evals, calibration)
     if (out / SUCCESS).exists():
         before = yaml.safe_load((out / "_config.yaml").read_text())
         if before != description:
@@ -617,63 +288,35 @@ def run_spark_dedup(
         elif path.exists():
             path.unlink()
     started = time.monotonic()
-
-    pool = read_embedding_frame(spark, embeddings)
-    n_pool, dim = _check_vectors(pool, "embedding folders")
-    pixels = read_pixel_counts(spark, records) if records else None
-    names = _eval_set_names(evals)
-    eval_frames = []
-    for name, folder in zip(names, evals):
-        frame = read_embedding_frame(spark, [folder], "evaluation folder")
-        n_eval, eval_dim = _check_vectors(frame, f"evaluation folder {folder}")
-        if n_eval and n_pool and eval_dim != dim:
-            raise SchemaError(f"evaluation folder {folder} is {eval_dim}-d but the pool is {dim}-d")
-        eval_frames.append(frame.withColumn("eval_set", F.lit(name)))
-
-    if n_pool:
-        centroids = train_partition_centroids(pool, n_pool, config)
-        pool_rows = pool.withColumn("eval_set", F.lit(None).cast("string"))
-        assigned = assign_partitions(pool_rows, centroids, config.replicas)
-        for frame in eval_frames:
-            assigned = assigned.unionByName(
-                assign_partitions(frame, centroids, max(config.eval_replicas, config.replicas))
-            )
-        pairs = _cut_lineage(partition_pairs(assigned, config))
-    else:
-        centroids = np.zeros((0, 0), np.float32)
-        pairs = spark.createDataFrame([], to_spark_schema(_PAIR_SCHEMA))
-    edges = _cut_lineage(
-        _distinct_pairs(pairs.where(F.col("eval_set").isNull()), "src_key", "dst_key")
+    found = spark_dedup_frames(
+        spark,
+        embeddings,
+        config,
+        records=records,
+        evals=evals,
+        calibration=calibration,
+        calibration_source=calibration_source,
     )
-    eval_pairs = _distinct_pairs(
-        pairs.where(F.col("eval_set").isNotNull()), "eval_set", "src_key", "dst_key"
-    )
-    roots = connected_component_roots(edges)
-    representatives = component_representatives(roots, edges, pixels, config.guard)
-    contaminated = eval_pairs.select(F.col("src_key").alias("key")).distinct()
-    components = _cut_lineage(components_frame(pool, representatives, contaminated))
-
-    n_edges = _write_folder(
-        edges.select("src_key", "dst_key", "similarity").orderBy("src_key", "dst_key"),
+    n_edges = write_folder(
+        found.edges.select("src_key", "dst_key", "similarity").orderBy("src_key", "dst_key"),
         out / "edges",
         DEDUP_EDGE_SCHEMA,
     )
-    _write_folder(components.orderBy("key"), out / "components", DEDUP_COMPONENT_SCHEMA)
-
-    reasons = {r["reason"]: int(r["count"]) for r in components.groupBy("reason").count().collect()}
-    per_set = _eval_set_stats(eval_pairs, names)
+    write_folder(found.components.orderBy("key"), out / "components", DEDUP_COMPONENT_SCHEMA)
+    reasons = reason_counts(found.components)
     stats = {
-        "images": n_pool,
-        "dim": dim,
-        "centroids": int(len(centroids)),
+        "images": found.images,
+        "dim": found.dim,
+        "centroids": found.centroids,
         "pairs": n_edges,
+        "scoring": found.scoring.describe(),
         "kept": reasons.get(DEDUP_REASON_KEPT, 0),
         "removed": {
             REASON_DUPLICATE: reasons.get(REASON_DUPLICATE, 0),
             REASON_CONTAMINATED: reasons.get(REASON_CONTAMINATED, 0),
         },
-        "groups": _component_stats(components),
-        "eval_sets": per_set,
+        "groups": component_stats_of(found.components),
+        "eval_sets": eval_set_stats(found.eval_pairs, list(found.eval_sets)),
         "guard": config.guard,
         "seconds": round(time.monotonic() - started, 3),
     }
@@ -681,6 +324,6 @@ def run_spark_dedup(
     write_json_atomic(out / "_stats.json", stats)
     write_bytes_atomic(out / SUCCESS, b"")
     logger.info(
-        "spark dedup: %d images, %d kept, %s removed", n_pool, stats["kept"], stats["removed"]
+        "spark dedup: %d images, %d kept, %s removed", found.images, stats["kept"], stats["removed"]
     )
     return stats

@@ -251,7 +251,7 @@ def test_a_finished_output_is_not_redone(spark_session, guarded, web):
 
 
 def test_star_components_match_union_find_on_long_chains(spark_session):
-    from curation.engines.spark_dedup import connected_component_roots
+    from curation.engines.spark_components import connected_component_roots
 
     rng = np.random.default_rng(3)
     n = 120
