@@ -16,8 +16,12 @@ def register(sub) -> None:
         help="copy-detection dedup (faiss kNN graph, threshold, groups) and decontamination",
         description="Reads runs/<name>/embed_sscd/ (or --embeddings) and writes dedup_edges/, "
         "dedup_copy/ and deduplicated_images/. Settings are dedup.<field>=value overrides: "
-        "dedup.k=64 dedup.threshold=0.6 dedup.eval_threshold=0.45 dedup.guard=true "
-        "dedup.partitions=0 ... (see curation/stages/copy_dedup.py, CopyDedupConfig).",
+        "dedup.k=64 dedup.score=auto dedup.threshold=... dedup.eval_threshold=0.45 "
+        "dedup.guard=true dedup.partitions=0 ... (see curation/stages/copy_dedup.py, "
+        "CopyDedupConfig). Embeddings of a descriptor checkpoint that stores a score calibration "
+        "are deduped with its score and threshold unless dedup.score / dedup.threshold say "
+        "otherwise (dedup.use_calibration=false ignores it); else cosine > 0.6. The stats say "
+        "which score and threshold were used and where they came from.",
     )
     parser.add_argument("--embeddings", type=Path, help="folder of EMBEDDING shards of the pool")
     parser.add_argument(
@@ -70,6 +74,11 @@ def run(ns: argparse.Namespace) -> int:
                 eval_sets[name] = cfg.run_dir.stage(f"embed_eval_{name}").outputs()
             else:
                 eval_sets[name] = parquet_files(folder)
-        stats = run_dedup(cfg, engine, embeddings, records, eval_sets)
+        if cfg.engine.name == "spark":  # the partitioned Spark job, not the generic stage
+            from curation.jobs.dedup_spark import run_dedup_spark
+
+            stats = run_dedup_spark(cfg, engine, embeddings, records, eval_sets)
+        else:
+            stats = run_dedup(cfg, engine, embeddings, records, eval_sets)
     print(json.dumps(stats, indent=2, default=str))
     return 0
