@@ -196,5 +196,5 @@ def test_a_finished_dedup_is_skipped_and_settings_are_checked(planted, in_proces
     assert again["dedup_copy"] == in_process[0]["dedup_copy"]
     with pytest.raises(ConfigError, match="dedup.index: expected one of 'auto', 'flat'"):
         load_config(CurationConfig, [], ["dedup.index=hnsw"])
-    with pytest.raises(ValueError, match="replicas must be in"):
-        replace(CurationConfig().dedup, partitions=2, replicas=3)
+    with pytest.raises(ValueError, match="replicas must be at least 1"):
+        replace(CurationConfig().dedup, partitions=2, replicas=0)
