@@ -188,10 +188,9 @@ def test_store_calibration_reaches_the_target_on_the_tuning_split(bench, tmp_pat
     cache, root = bench
     checkpoint = _tiny_checkpoint(tmp_path / "tiny.pt")
     out = tmp_path / "report.json"
-    argv = ["bench", "copydetect", "--cache", str(cache), "--source", "packages"]
-    argv += ["--checkpoint", str(checkpoint), "--store-calibration", "--target-precision", "0.9"]
+    argv = ["--checkpoint", str(checkpoint), "--store-calibration", "--target-precision", "0.9"]
     argv += ["--device", "cpu", "--num-workers", "0", "--json", str(out)]
-    assert main(argv) == 0
+    assert main(["bench", "copydetect", "--cache", str(cache), "--source", "packages", *argv]) == 0
     printed = capsys.readouterr().out
     assert "tiny.pt  cosine" in printed and "tiny.pt  density" in printed
     stored = torch.load(checkpoint, weights_only=True)["inference"]["calibration"]
