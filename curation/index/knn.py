@@ -40,8 +40,8 @@ from schemas import DEDUP_EDGE_SCHEMA
 
 log = logging.getLogger(__name__)
 
-IndexKind = Literal["auto", "flat", "ivf", "ivfpq"]
-INDEX_KINDS = ("auto", "flat", "ivf", "ivfpq")
+IndexKind = Literal["auto", "flat", "ivf", "ivfpq", "join"]
+INDEX_KINDS = ("auto", "flat", "ivf", "ivfpq", "join")  # join: curation/index/ivf_join.py
 _PAIR_CHUNK = 32_768  # pairs per gather (x d float64: 128 MiB at d = 512)
 _MIN_POINTS_PER_CENTROID = 39  # faiss warns below this many training points per centroid
 # The search's own similarities (float32 BLAS) may differ from the recomputed ones by a few ulps:
@@ -352,6 +352,22 @@ def knn_edges(
             return KnnEdges(none, none, empty, empty)
         return KnnEdges(none, none, empty, empty, np.zeros(n, np.float32), (none, none, empty))
     kind = _resolve_kind(n, index, exact_limit, pq_bytes)
+    if kind == "join":  # IVF lists joined by matrix products (cosine scores only)
+        if density is not None:
+            raise ValueError("index=join scores cosine only; use flat or ivf for density scores")
+        from curation.index.ivf_join import ivf_join_pairs
+
+        i, j, sim = ivf_join_pairs(
+            x,
+            k,
+            threshold,
+            nlist=nlist,
+            nprobe=nprobe,
+            seed=seed,
+            sample=train_size,
+            train_iterations=train_iterations,
+        )
+        return KnnEdges(i, j, sim, sim)
     built = _Index(
         x,
         kind,

@@ -76,7 +76,7 @@ class CopyDedupConfig:
     use_calibration: bool = True  # false: ignore a calibration recorded with the embeddings
     eval_threshold: float = 0.45  # raw cosine against evaluation sets (SPEC: 0.45)
     guard: bool = True  # chaining guard: members must match their representative directly
-    index: Literal["auto", "flat", "ivf", "ivfpq"] = "auto"
+    index: Literal["auto", "flat", "ivf", "ivfpq", "join"] = "auto"  # join: CPU, cosine only
     exact_limit: int = 50_000  # "auto": exact search up to this many images, IVF above
     nprobe: int = 16
     pq_bytes: int | None = None  # "ivfpq": bytes per code (candidates re-ranked exactly)

@@ -113,3 +113,17 @@ def test_empty_and_tiny_inputs():
     assert len(ivf_join_pairs(two, 5, 0.9999)[0]) == 0
     with pytest.raises(ValueError, match="k must be"):
         ivf_join_pairs(two, 0, 0.6)
+
+
+def test_knn_pairs_with_index_join_is_the_join():
+    from curation.index.knn import DensityScore, knn_edges, knn_pairs
+
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=(400, 24)).astype(np.float32)
+    x[200:] = x[:200] + 0.2 * rng.normal(size=(200, 24)).astype(np.float32)
+    exact = knn_pairs(x, 5, 0.6, index="flat")
+    joined = knn_pairs(x, 5, 0.6, index="join", nlist=8, nprobe=8)
+    for a, b in zip(exact, joined):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="cosine only"):
+        knn_edges(x, 5, 0.0, index="join", density=DensityScore())
