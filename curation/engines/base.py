@@ -4,12 +4,13 @@ settings of a run's config."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
 from curation.config import check_choices
 from curation.runner import ShardTask
 from curation.stages.base import StageSpec
+from curation.storage import StorageConfig
 
 
 class EngineUnavailable(ImportError):
@@ -26,6 +27,8 @@ class EngineConfig:
     ray_address: str | None = None  # None: start a local Ray; "auto" under `ray job submit`
     num_workers: int | None = None  # Ray actor-pool size; None: one per free CPU
     spark_master: str | None = None  # None: local[*], or whatever spark-submit sets
+    # Where an S3-compatible store answers; credentials come from the environment only.
+    storage: StorageConfig = field(default_factory=StorageConfig)
 
     def __post_init__(self) -> None:
         check_choices(self)

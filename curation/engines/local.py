@@ -6,6 +6,7 @@ import logging
 
 from tqdm import tqdm
 
+from curation import storage
 from curation.engines.base import Engine
 from curation.runner import ShardTask, process_shard
 from curation.stages.base import StageSpec
@@ -19,6 +20,7 @@ class LocalEngine(Engine):
 
     @classmethod
     def from_config(cls, config) -> LocalEngine:
+        storage.configure(config.storage)
         return cls()
 
     def __init__(self, progress: bool = True):

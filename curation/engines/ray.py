@@ -13,6 +13,7 @@ import os
 
 import pyarrow as pa
 
+from curation import storage
 from curation.engines.base import Engine, EngineUnavailable
 from curation.runner import ShardTask, process_shard
 from curation.stages.base import StageSpec
@@ -47,6 +48,7 @@ class RayEngine(Engine):
 
     @classmethod
     def from_config(cls, config) -> RayEngine:
+        storage.configure(config.storage)
         return cls(address=config.ray_address, num_workers=config.num_workers)
 
     def __init__(

@@ -12,6 +12,7 @@ import sys
 
 import pyarrow as pa
 
+from curation import storage
 from curation.engines.base import Engine, EngineResourceError, EngineUnavailable
 from curation.runner import ShardTask, process_shard
 from curation.stages.base import StageSpec
@@ -105,6 +106,7 @@ class SparkEngine(Engine):
 
     @classmethod
     def from_config(cls, config) -> SparkEngine:
+        storage.configure(config.storage)
         return cls(master=config.spark_master)
 
     def __init__(self, master: str | None = None, conf: dict | None = None):
