@@ -3,6 +3,10 @@
 Metadata names start with ``_`` (``_SUCCESS``, ``_stats.json``, ``_config.yaml``, ``_shards/``) so
 that a stage folder reads as one dataset with ``pq.read_table(dir)`` or ``spark.read.parquet(dir)``.
 Run folders written before that rename (``stats.json``, ``config.yaml``) still read.
+
+The run root may be a local path or a URI (``s3://bucket/runs/<name>``): every file access goes
+through :mod:`curation.storage`. A shard's output counts only if its marker exists and names the
+output's size (the commit protocol of :mod:`curation.runner`).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from curation import storage
 from curation.config import dump_yaml
 from curation.io import read_json, write_bytes_atomic, write_json_atomic
 
@@ -22,12 +27,22 @@ LEGACY_STATS = "stats.json"
 LEGACY_CONFIG = "config.yaml"
 
 
+def marker_matches(marker: dict[str, Any], output: Path) -> bool:
+    """The shard marker names this output: it exists with the size the marker records. Markers
+    written before ``output_size`` was recorded need only the output to exist."""
+    found = storage.size(output)
+    if found is None:
+        return False
+    expected = marker.get("output_size")
+    return expected is None or int(expected) == found
+
+
 class StageDir:
     """``runs/<name>/<stage>/``: output shards, ``_shards/*.json`` markers, ``_stats.json``,
     ``_config.yaml`` (the stage's resolved config) and ``_SUCCESS``."""
 
-    def __init__(self, path: Path):
-        self.path = Path(path)
+    def __init__(self, path: Path | str):
+        self.path = storage.as_path(path)
 
     def shard_output(self, stem: str) -> Path:
         return self.path / f"{stem}.parquet"
@@ -35,20 +50,34 @@ class StageDir:
     def shard_marker(self, stem: str) -> Path:
         return self.path / "_shards" / f"{stem}.json"
 
+    def markers(self) -> list[Path]:
+        return storage.list_files(self.path / "_shards", "*.json")
+
+    def shard_done(self, stem: str) -> bool:
+        """True if the shard's marker exists and its output is the one the marker names."""
+        marker = self.shard_marker(stem)
+        if not storage.exists(marker):
+            return False
+        return marker_matches(read_json(marker), self.shard_output(stem))
+
     def outputs(self) -> list[Path]:
-        """Output shards whose marker exists, in name order (never a half-finished shard)."""
-        markers = sorted((self.path / "_shards").glob("*.json"))
-        return [self.shard_output(m.stem) for m in markers if self.shard_output(m.stem).is_file()]
+        """Output shards whose marker exists and matches them, in name order (never a
+        half-finished shard, nor an output a killed writer left without its marker)."""
+        return [
+            self.shard_output(m.stem)
+            for m in self.markers()
+            if marker_matches(read_json(m), self.shard_output(m.stem))
+        ]
 
     def is_complete(self) -> bool:
-        return (self.path / SUCCESS).is_file()
+        return storage.exists(self.path / SUCCESS)
 
     def mark_complete(self) -> None:
         write_bytes_atomic(self.path / SUCCESS, b"")
 
     def read_stats(self) -> dict[str, Any]:
         for name in (STATS, LEGACY_STATS):
-            if (self.path / name).is_file():
+            if storage.exists(self.path / name):
                 return read_json(self.path / name)
         return {}
 
@@ -60,7 +89,7 @@ class StageDir:
         counters: Counter = Counter()
         shard_seconds = 0.0
         shards = 0
-        for marker in sorted((self.path / "_shards").glob("*.json")):
+        for marker in self.markers():
             result = read_json(marker)
             # ``counters_json``: markers written before SHARD_RESULT v2.
             counters.update(json.loads(result.get("row_counts_json") or result["counters_json"]))
@@ -86,8 +115,8 @@ class StageDir:
 class RunDir:
     """``runs/<name>/``: the resolved config and one :class:`StageDir` per stage."""
 
-    def __init__(self, root: Path):
-        self.root = Path(root)
+    def __init__(self, root: Path | str):
+        self.root = storage.as_path(root)
 
     def stage(self, name: str) -> StageDir:
         return StageDir(self.root / name)
@@ -101,6 +130,6 @@ class RunDir:
     def saved_config(self) -> Path | None:
         """The run's saved config file, also in a run folder of the older layout."""
         for name in (CONFIG, LEGACY_CONFIG):
-            if (self.root / name).is_file():
+            if storage.exists(self.root / name):
                 return self.root / name
         return None

@@ -10,6 +10,23 @@ shards and never duplicates rows. When every shard is done the stage writes ``_s
 
 Global stages (a function over every shard at once: exact or near dedup, later k-means and the kNN
 graph) go through :func:`run_table_stage`, with the same marker, stats and resume behaviour.
+
+Commit protocol (local disk and object stores alike; the run folder may be ``s3://...``, see
+:mod:`curation.storage`):
+
+1. The output is written once under its final name: on local disk to a temp file renamed in; on a
+   store as one whole object (built in memory, uploaded on success; a writer killed mid-upload
+   leaves no object, since an upload becomes visible only when it completes).
+2. The shard marker is written *last*, and names the output's size (``output_size``).
+3. A shard is done only if its marker exists and the output has that size
+   (:meth:`StageDir.shard_done`); readers take only such outputs (:meth:`StageDir.outputs`). An
+   output without a marker (its writer died between the two writes) is ignored and rewritten by
+   the rerun, which therefore never duplicates rows.
+4. ``_SUCCESS`` is written after every marker; a whole-folder dataset read is safe once it exists.
+
+Lineage: ``source_file`` values under the run root are written run-relative (``download/0.tar``)
+and resolved against the run root of the shard that holds them when read, so a run folder moved on
+disk or synced to a store still finds its image bytes; absolute paths and URIs read as before.
 """
 
 from __future__ import annotations
@@ -27,12 +44,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from curation import storage
+from curation.download.kill_points import kill_point
 from curation.io import (
     AtomicParquetWriter,
     sweep_temp_files,
     write_json_atomic,
     write_parquet_atomic,
 )
+from curation.readers.image_bytes import lineage_schema, relative_lineage, resolve_lineage
 from curation.rundir import StageDir
 from curation.stages.base import Stage, StageSpec
 from schemas import SchemaError, validate
@@ -48,7 +68,12 @@ class ShardTask:
 
     @property
     def shard(self) -> str:
-        return Path(self.input_path).stem
+        return storage.as_path(self.input_path).stem
+
+
+def run_root_of(shard_path: str | Path) -> str:
+    """The run folder a stage's shard lies in: ``<run>/<stage>/<shard>`` -> ``<run>``."""
+    return str(storage.as_path(shard_path).parent.parent)
 
 
 def shard_counters(rows_in: int, output: pa.Table) -> Counter:
@@ -66,7 +91,8 @@ def process_shard(stage: Stage, task: ShardTask) -> dict:
     memory bounded by the batch, not the shard.
     """
     start = time.perf_counter()
-    parquet = pq.ParquetFile(task.input_path)
+    parquet = pq.ParquetFile(storage.open_input(task.input_path))
+    input_root, output_root = run_root_of(task.input_path), run_root_of(task.output_path)
     input_names = stage.input_schema.names
     missing = [n for n in input_names if n not in parquet.schema_arrow.names]
     if missing:
@@ -75,41 +101,48 @@ def process_shard(stage: Stage, task: ShardTask) -> dict:
             f"found {parquet.schema_arrow.names}"
         )
     counters: Counter = Counter()
-    with AtomicParquetWriter(Path(task.output_path), stage.output_schema) as writer:
+    schema = lineage_schema(stage.output_schema, output_root)
+    with AtomicParquetWriter(task.output_path, schema) as writer:
         for batch in parquet.iter_batches(batch_size=stage.batch_size, columns=input_names):
-            table = pa.Table.from_batches([batch])
+            table = resolve_lineage(pa.Table.from_batches([batch]), input_root)
             validate(table, stage.input_schema)
             output = stage(table)
             counters += shard_counters(table.num_rows, output)
-            writer.write(output)
-    seconds = time.perf_counter() - start
+            writer.write(relative_lineage(output, output_root))
+            kill_point("shard_batch_written")
+    kill_point("shard_output_written")
     result = {
         "shard": task.shard,
         "output": task.output_path,
+        "output_size": storage.size(task.output_path),
         "rows_in": counters["rows_in"],
         "rows_out": counters["rows_out"],
-        "seconds": seconds,
+        "seconds": time.perf_counter() - start,
         "row_counts_json": json.dumps(dict(sorted(counters.items()))),
     }
-    write_json_atomic(Path(task.marker_path), result)
+    write_json_atomic(task.marker_path, result)
     return result
 
 
 def plan_tasks(inputs: list[Path], stage_dir: StageDir) -> tuple[list[ShardTask], list[ShardTask]]:
     """Split the shard tasks into (pending, done) by their markers."""
-    stems = [Path(p).stem for p in inputs]
+    stems = [storage.as_path(p).stem for p in inputs]
     duplicated = [s for s, n in Counter(stems).items() if n > 1]
     if duplicated:
         raise ValueError(f"input shards must have distinct file names; repeated: {duplicated[:5]}")
     pending, done = [], []
-    for path in sorted(inputs, key=lambda p: Path(p).name):
-        stem = Path(path).stem
+    for path in sorted(inputs, key=lambda p: storage.as_path(p).name):
+        stem = storage.as_path(path).stem
         task = ShardTask(
-            input_path=str(Path(path).resolve()),
-            output_path=str(stage_dir.shard_output(stem)),
-            marker_path=str(stage_dir.shard_marker(stem)),
+            input_path=storage.absolute(path),
+            output_path=storage.absolute(stage_dir.shard_output(stem)),
+            marker_path=storage.absolute(stage_dir.shard_marker(stem)),
         )
-        (done if Path(task.marker_path).is_file() else pending).append(task)
+        if stage_dir.shard_done(stem):
+            done.append(task)
+        else:
+            storage.delete(task.marker_path)  # a marker naming another output: not done
+            pending.append(task)
     return pending, done
 
 
@@ -139,7 +172,7 @@ def run_stage(spec: StageSpec, inputs: list[Path], stage_dir: StageDir, engine) 
     start = time.perf_counter()
     if pending:
         engine.run_shards(spec, pending)
-    missing = [t.shard for t in pending if not Path(t.marker_path).is_file()]
+    missing = [t.shard for t in pending if not stage_dir.shard_done(t.shard)]
     if missing:
         raise RuntimeError(
             f"stage {spec.name!r}: engine {engine.name} left shards unfinished: {missing}"
@@ -172,7 +205,21 @@ def run_table_stage(
     stage_dir.save_config({"stage": name, "config": config})
     start = time.perf_counter()
     table = compute()
-    write_parquet_atomic(stage_dir.path / TABLE_OUTPUT, table, schema)
+    output = stage_dir.path / TABLE_OUTPUT
+    write_parquet_atomic(output, table, schema)
+    stem = storage.as_path(output).stem
+    write_json_atomic(
+        stage_dir.shard_marker(stem),
+        {
+            "shard": stem,
+            "output": str(output),
+            "output_size": storage.size(output),
+            "rows_in": table.num_rows,
+            "rows_out": table.num_rows,
+            "seconds": time.perf_counter() - start,
+            "row_counts_json": json.dumps({"rows_out": table.num_rows}),
+        },
+    )
     stats = {
         "stage": stage_dir.path.name,
         **(summarize(table) if summarize else {"rows_out": table.num_rows}),
