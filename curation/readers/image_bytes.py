@@ -2,7 +2,16 @@
 job and trainer uses.
 
 Records point at a tar member's data by (file, offset, size), or at a row of a Parquet file (the
-``parquet`` download format: offset is null, the bytes are in the row with the record's key).
+``parquet`` download format: offset is null, the bytes are in the row with the record's key). The
+file may be a local path or a URI (read by byte range through :mod:`curation.storage`).
+
+Lineage is stored run-relative: :func:`relative_lineage` turns ``source_file`` values under a run
+root into paths relative to it when a shard is written, :func:`resolve_lineage` turns them back
+into full paths (or URIs) against the root of the run that holds the shard when it is read.
+Absolute paths and URIs outside the run (a user's seed folder, records of older runs) stay as they
+are, so a run folder can be moved or synced to a store and still find its bytes. A shard also
+records the run root it was written under (schema metadata ``lvd.lineage_root``): a reader that
+does not know where the shard lies now (a table read with ``pq.read_table``) resolves against it.
 """
 
 from __future__ import annotations
@@ -15,11 +24,68 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from curation import storage
+
 IMAGE_COLUMNS = ("jpg", "png", "webp", "image")
 
 
 class ImageBytesError(OSError):
     """The bytes a record points at cannot be read."""
+
+
+def _is_relative(path: str) -> bool:
+    return (
+        not storage.is_uri(path) and not path.startswith("file://") and not Path(path).is_absolute()
+    )
+
+
+LINEAGE_ROOT = b"lvd.lineage_root"
+
+
+def lineage_schema(schema: pa.Schema, run_root: str | Path) -> pa.Schema:
+    """``schema`` recording ``run_root`` as the root its relative ``source_file`` values hang from."""
+    if "source_file" not in schema.names:
+        return schema
+    return schema.with_metadata(
+        {**(schema.metadata or {}), LINEAGE_ROOT: storage.absolute(run_root)}
+    )
+
+
+def recorded_lineage_root(schema: pa.Schema) -> str | None:
+    """The run root a shard was written under (None for shards written before it was recorded)."""
+    value = (schema.metadata or {}).get(LINEAGE_ROOT)
+    return value.decode() if value else None
+
+
+def relative_lineage(table: pa.Table, run_root: str | Path) -> pa.Table:
+    """``table`` with each ``source_file`` under ``run_root`` made relative to it (POSIX form)."""
+    if "source_file" not in table.column_names or not table.num_rows:
+        return table
+    root = storage.absolute(run_root).rstrip("/") + "/"
+    relative = [
+        v[len(root) :] if v and not _is_relative(v) and v.startswith(root) else v
+        for v in table.column("source_file").to_pylist()
+    ]
+    return table.set_column(
+        table.schema.get_field_index("source_file"),
+        table.schema.field("source_file"),
+        pa.array(relative, pa.string()),
+    )
+
+
+def resolve_lineage(table: pa.Table, run_root: str | Path) -> pa.Table:
+    """``table`` with each run-relative ``source_file`` joined onto ``run_root``."""
+    if "source_file" not in table.column_names or not table.num_rows:
+        return table
+    values = table.column("source_file").to_pylist()
+    if not any(v and _is_relative(v) for v in values):
+        return table
+    resolved = [storage.join(run_root, v) if v and _is_relative(v) else v for v in values]
+    return table.set_column(
+        table.schema.get_field_index("source_file"),
+        table.schema.field("source_file"),
+        pa.array(resolved, pa.string()),
+    )
 
 
 class ImageBytesReader:
@@ -50,7 +116,7 @@ class ImageBytesReader:
         handle = self._files.pop(path, None)
         if handle is None:
             try:
-                handle = open(path, "rb")  # noqa: SIM115 - closed by close()
+                handle = storage.open_input(path)
             except OSError as exc:
                 raise ImageBytesError(f"cannot open {path}: {exc}") from exc
             while len(self._files) >= self.max_open:
@@ -60,13 +126,14 @@ class ImageBytesReader:
 
     def _read_parquet_row(self, path: str, key: str) -> bytes:
         if self._parquet is None or self._parquet[0] != path:
-            if not Path(path).is_file():
+            if not storage.exists(path):
                 raise ImageBytesError(f"{key}: {path} does not exist")
-            names = pq.read_schema(path).names
+            fs, inner = storage.filesystem(path)
+            names = pq.read_schema(inner, filesystem=fs).names
             column = next((c for c in IMAGE_COLUMNS if c in names), None)
             if column is None:
                 raise ImageBytesError(f"{path} has no image column ({IMAGE_COLUMNS})")
-            table = pq.read_table(path, columns=["key", column])
+            table = pq.read_table(inner, columns=["key", column], filesystem=fs)
             self._parquet = (path, dict(zip(table["key"].to_pylist(), table[column].to_pylist())))
         data = self._parquet[1].get(key)
         if data is None:
@@ -97,9 +164,10 @@ def inline_bytes(data: bytes | None) -> bytes | None:
 
 def read_source_bytes(path: str, offset: int, size: int) -> bytes:
     """A loader for a byte range of a file (a tar member's data, or a whole loose file)."""
-    with open(path, "rb") as fh:
-        fh.seek(offset)
-        data = fh.read(size)
+    try:
+        data = storage.read_bytes(path, offset, size)
+    except OSError as exc:
+        raise ImageBytesError(f"cannot read {path}: {exc}") from exc
     if len(data) != size:
         raise ImageBytesError(f"{path}: wanted {size} bytes at offset {offset}, got {len(data)}")
     return data
@@ -116,8 +184,12 @@ def image_bytes_loaders(table: pa.Table) -> list[Loader]:
 
     Inline bytes and tar members (read lazily by byte range, cheap to ship to worker processes)
     stay loaders; rows of a ``parquet`` download (null offset) are read here, one file read per
-    Parquet file, since a worker would have to read the whole file for each of them.
+    Parquet file, since a worker would have to read the whole file for each of them. Run-relative
+    ``source_file`` values left unresolved resolve against the run root the shard recorded.
     """
+    recorded = recorded_lineage_root(table.schema)
+    if recorded is not None:
+        table = resolve_lineage(table, recorded)
     inline = (
         table.column("image").to_pylist()
         if "image" in table.column_names

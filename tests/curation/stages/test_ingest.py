@@ -148,7 +148,8 @@ def test_face_blurring_blurs_faces_only_and_counts_them(small_web, tmp_path):
         and bottom >= ASTRONAUT_FACE[3] - 10
     ]
     assert covering, f"the labelled face {ASTRONAUT_FACE} is not among {face['face_boxes']}"
-    with open(face["source_file"], "rb") as fh:
+    # Lineage is run-relative: the blurred tar is found under the run folder.
+    with open(cfg.run_dir.root / face["source_file"], "rb") as fh:
         fh.seek(face["source_offset"])
         stored = Image.open(io.BytesIO(fh.read(face["source_size"]))).convert("RGB")
     before, after = np.asarray(original, np.float32), np.asarray(stored, np.float32)
