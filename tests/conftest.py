@@ -33,6 +33,7 @@ REQUIRED_UNDER_CI = {
     "onnxruntime": "the [safety] / [dev] extras (runs the NSFW detector)",
     "nudenet": "the [safety] / [dev] extras (ships the NSFW detector's model file)",
     "dlib": "the [safety] / [dev] extras (dlib-bin: the default face detector)",
+    "moto": "the [dev] extra (moto[server]: the local S3 server of the object-storage tests)",
 }
 
 SMALL_WEB = SynthConfig(
