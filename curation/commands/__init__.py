@@ -14,4 +14,5 @@ COMMANDS = [
     "dedup",
     "train_descriptor",
     "bench",
+    "pretrain",
 ]

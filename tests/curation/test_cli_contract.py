@@ -269,6 +269,41 @@ ROWS = [
     ),
     row("bench_split_enum", "bench", "copydetect", "--split", "test", expect="'test'"),
     row("bench_untrained_unknown", "bench", "copydetect", "--untrained", "vgg", expect="'vgg'"),
+    # pretrain: sources, output and impossible settings refused before the model is built
+    row("pretrain_no_source", "pretrain", "--out", "run", expect="--shards --images is required"),
+    row("pretrain_shards_missing", "pretrain", "--shards", "nope", "--out", "run", expect="nope"),
+    row("pretrain_shards_wrong", "pretrain", "--shards", "wrong", "--out", "run", expect="wrong"),
+    row(
+        "pretrain_shards_corrupt",
+        *("pretrain", "--shards", "corrupt", "--out", "run"),
+        expect="cannot be read as Parquet",
+    ),
+    row("pretrain_images_empty", "pretrain", "--images", "empty", "--out", "run", expect="empty"),
+    row(
+        "pretrain_out_under_file",
+        *("pretrain", "--images", "imgs", "--out", "a_file/run"),
+        expect="a_file is a file",
+    ),
+    row(
+        "pretrain_crop_not_patch_multiple",
+        *("pretrain", "--images", "imgs", "--out", "run", "crops.global_crops_size=230"),
+        expect="not a multiple of the patch size",
+    ),
+    row(
+        "pretrain_koleo_one_image",
+        *("pretrain", "--images", "imgs", "--out", "run", "batch_size_per_rank=1"),
+        expect="KoLeo needs at least 2 images per rank",
+    ),
+    row(
+        "pretrain_unknown_key",
+        "pretrain",
+        "--images",
+        "imgs",
+        "--out",
+        "run",
+        "optim.lrr=1",
+        expect="'optim.lrr'",
+    ),
     # the Ray job, checked before Ray starts
     row("ray_job_unknown_key", "engine.nme=ray", expect="'engine.nme'", script="curate_ray"),
     row(
