@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 EXTRAS ?= ray,spark,dev
 
-.PHONY: install demo test lint format bench clean
+.PHONY: install demo test test-slow lint format bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,9 @@ lint: install
 
 test: lint
 	$(BIN)/pytest -q
+
+test-slow: install  # the long end-to-end checks the default suite leaves out (minutes each)
+	$(BIN)/pytest -q -m slow
 
 format: install
 	$(BIN)/ruff format .

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import asdict, dataclass, replace
+from itertools import combinations
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -15,12 +16,15 @@ from curation.eval.copy_detection import evaluate_copy_detection, synthetic_copy
 from curation.io import write_bytes_atomic
 from curation.jobs.config import CurationConfig
 from curation.jobs.curate import run_curation
+from curation.jobs.dedup import run_dedup
 from curation.jobs.embed import run_embed
 from curation.jobs.ingest import unique_image_shards
 from curation.readers.embeddings import read_embeddings
 from curation.rundir import StageDir
+from curation.runner import TABLE_OUTPUT
 from curation.synth import SynthWeb, SynthWebServer, generate_synthetic_web, write_url_list
 from curation.train_descriptor.data import shard_loaders
+from curation.train_descriptor.evaluate import calibrate_on_synthetic_web
 from curation.train_descriptor.train import train_descriptor
 
 logger = logging.getLogger(__name__)
@@ -77,10 +81,109 @@ def run_demo(cfg: CurationConfig) -> DemoResult:
             if not checkpoint.is_file():
                 loaders = [loader for _, loader in shard_loaders(unique)]
                 train_descriptor(cfg.demo.descriptor, loaders, checkpoint)
+            if cfg.demo.calibrate:
+                stats["calibration"] = calibrate(cfg, checkpoint)
             embed = replace(cfg.embed, model="descriptor", checkpoint=checkpoint)
             stats["embed_sscd"] = run_embed(replace(cfg, embed=embed), engine, unique)
             stats["copy_detection"] = score_planted_copies(run.stage("embed_sscd"), unique, web)
+            if cfg.demo.dedup:
+                stats["dedup"] = run_dedup(cfg, engine, records=unique)
+                stats["dedup_quality"] = score_dedup(cfg, unique, web)
     return DemoResult(run_dir=run.root, stats=stats, seconds=time.perf_counter() - start)
+
+
+def calibrate(cfg: CurationConfig, checkpoint: Path) -> dict:
+    """Choose the descriptor's copy score and threshold for ``demo.target_precision`` on a tuning
+    web (the demo's synthetic web with another seed) and store them in the checkpoint, once."""
+    from curation.models.descriptor import load_descriptor_checkpoint, write_calibration
+
+    _, meta = load_descriptor_checkpoint(checkpoint)
+    if meta["inference"].get("calibration"):
+        return {"reused": True, **meta["inference"]["calibration"]}
+    n_pool = min(cfg.demo.tuning_pool, cfg.synth.n_pool)
+    synth = replace(cfg.synth, seed=cfg.synth.seed + 1, n_pool=n_pool)
+    tuning = generate_synthetic_web(cfg.run_dir.root / "synth_tuning", synth)
+    try:
+        calibration, per_kind = calibrate_on_synthetic_web(
+            checkpoint,
+            tuning,
+            cfg.demo.target_precision,
+            near_dedup=cfg.ingest.near_dedup if cfg.ingest.exact_dedup else None,
+            device=cfg.embed.device,
+        )
+    except ValueError as exc:  # a descriptor too weak for the target: say so, dedup at 0.6
+        logger.warning("no calibration stored: %s", exc)
+        return {"stored": False, "reason": str(exc)}
+    write_calibration(checkpoint, calibration.to_dict())
+    logger.info(
+        "calibrated on %s: %s > %.4f (precision %.2f)",
+        tuning.root.name,
+        calibration.kind,
+        calibration.threshold,
+        calibration.target_precision,
+    )
+    return {"stored": True, **calibration.to_dict(), "per_kind": per_kind}
+
+
+def final_representatives(cfg: CurationConfig) -> dict[str, str]:
+    """Each ingested key -> the image that stands for it after the whole dedup chain: exact
+    (sha256), then near-exact (pHash), then copy detection."""
+    run = cfg.run_dir
+    rep: dict[str, str] = {}
+    for stage in ("dedup_exact", "dedup_near"):
+        folder = run.stage(stage).path
+        if not (folder / TABLE_OUTPUT).is_file():
+            continue
+        table = pq.read_table(folder / TABLE_OUTPUT, columns=["key", "duplicate_of"])
+        for key, of in zip(table["key"].to_pylist(), table["duplicate_of"].to_pylist()):
+            rep[key] = of or key
+    table = pq.read_table(
+        run.stage("dedup_copy").path / TABLE_OUTPUT, columns=["key", "representative_key"]
+    )
+    copy = dict(zip(table["key"].to_pylist(), table["representative_key"].to_pylist()))
+
+    def follow(key: str) -> str:
+        seen = key
+        while rep.get(seen, seen) != seen:
+            seen = rep[seen]
+        return copy.get(seen, seen)
+
+    return {key: follow(key) for key in set(rep) | set(copy)}
+
+
+def score_dedup(cfg: CurationConfig, records: list[Path], web: SynthWeb) -> dict:
+    """Pair precision and recall of the whole dedup chain (exact, near-exact, copy) against the
+    web's planted copies among the downloaded images, and how many planted groups kept exactly one
+    image (the aim: one per group)."""
+    final = final_representatives(cfg)
+    urls = pq.read_table(records, columns=["key", "url"])
+    synth_key = {k: Path(u).stem for k, u in zip(urls["key"].to_pylist(), urls["url"].to_pylist())}
+    download = pq.read_table(cfg.run_dir.stage("download").outputs(), columns=["key", "url"])
+    synth_key.update(
+        {k: Path(u).stem for k, u in zip(download["key"].to_pylist(), download["url"].to_pylist())}
+    )
+    group = {synth_key[k]: r for k, r in final.items()}
+    true = {p for p in synthetic_copy_pairs(web.read("pool")) if set(p) <= group.keys()}
+    members: dict[str, list[str]] = {}
+    for key, g in group.items():
+        members.setdefault(g, []).append(key)
+    predicted = {tuple(sorted(p)) for m in members.values() for p in combinations(m, 2)}
+    hits = len(predicted & true)
+    planted: dict[str, frozenset[str]] = {}  # each planted group's members (closure of pairs)
+    for a, b in sorted(true):
+        merged = planted.get(a, frozenset({a})) | planted.get(b, frozenset({b}))
+        for key in merged:
+            planted[key] = merged
+    groups = set(planted.values())
+    one_kept = sum(1 for g in groups if len({group[k] for k in g}) == 1)
+    return {
+        "true_pairs": len(true),
+        "predicted_pairs": len(predicted),
+        "pair_precision": hits / len(predicted) if predicted else 1.0,
+        "pair_recall": hits / len(true) if true else 1.0,
+        "planted_groups": len(groups),
+        "planted_groups_with_one_kept": one_kept,
+    }
 
 
 def score_planted_copies(embeddings: StageDir, records: list[Path], web: SynthWeb) -> dict:
