@@ -120,7 +120,9 @@ def write_partitions(
     schema = embedding_schema(x.shape[1])
     paths, largest = [], 0
     key_array = pa.array(keys, pa.string())
-    for cell, rows in partition_members(assign_nearest(x, centroids, min(config.replicas, len(centroids)))):
+    for cell, rows in partition_members(
+        assign_nearest(x, centroids, min(config.replicas, len(centroids)))
+    ):
         flat = pa.array(x[rows].reshape(-1), pa.float32())
         table = pa.table(
             {

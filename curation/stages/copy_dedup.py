@@ -81,8 +81,9 @@ class CopyDedupConfig:
     nprobe: int = 16
     pq_bytes: int | None = None  # "ivfpq": bytes per code (candidates re-ranked exactly)
     partitions: int = 0  # >0: search in this many centroid partitions, one task each
-    replicas: int = 3  # partitions each image joins (at most all); pair recall at cosine 0.6 on spread
-    # 128-d data, 32 cells: 0.88 with 2, 0.97 with 3, 0.99 with 4 (bench_dedup.py --recall-sweep)
+    # Partitions each image joins (at most all). Pair recall at cosine 0.6 on spread 128-d data,
+    # 32 cells: 0.88 with 2, 0.97 with 3, 0.99 with 4 (benchmarks/bench_dedup.py --recall-sweep).
+    replicas: int = 3
     seed: int = 0
 
     def __post_init__(self) -> None:
