@@ -220,6 +220,28 @@ SHARD_RESULT_SCHEMA = _named(
     ],
 )
 
+# The safety stages' outputs: IMAGE_RECORD plus their decisions (stages that read IMAGE_RECORD read
+# these files as they are).
+STATUS_NSFW = "nsfw"
+NSFW_RECORD_SCHEMA = _named(
+    "nsfw_record",
+    1,
+    [
+        *IMAGE_RECORD_SCHEMA,
+        pa.field("nsfw_score", pa.float32()),  # the top class's score; null when not scored
+        pa.field("nsfw_class", pa.string()),  # the top class among the grouped classes
+    ],
+)
+FACE_RECORD_SCHEMA = _named(
+    "face_record",
+    1,
+    [
+        *IMAGE_RECORD_SCHEMA,
+        pa.field("face_count", pa.int32()),  # faces found (and blurred); null when not looked at
+        pa.field("face_boxes", pa.list_(pa.list_(pa.int32(), 4))),  # [left, top, right, bottom]
+    ],
+)
+
 ALL_SCHEMAS = {
     schema_name(s): s
     for s in (
@@ -227,6 +249,8 @@ ALL_SCHEMAS = {
         DOWNLOADED_SAMPLE_SCHEMA,
         ENCODED_IMAGE_SCHEMA,
         IMAGE_RECORD_SCHEMA,
+        NSFW_RECORD_SCHEMA,
+        FACE_RECORD_SCHEMA,
         IMAGE_HASH_SCHEMA,
         HASH_DEDUP_SCHEMA,
         DEDUP_EDGE_SCHEMA,

@@ -105,12 +105,12 @@ def run(ns: argparse.Namespace) -> int:
             f"arch {cfg.arch!r} is not a descriptor; choose one of {descriptor_archs()}"
         )
     eval_web = check_inputs(ns)
-    logging.getLogger(__name__).info("preset %s", preset)
     out = Path(ns.out)
     loaders = collect_loaders(
         images=ns.images, shards=ns.shards, tars=ns.tars, index_dir=out.parent / f"{out.stem}_index"
     )
     init = out.with_name(f"{out.stem}.init.pt") if ns.baseline else None
+    logging.getLogger(__name__).info("preset %s", preset)  # after every input check
     result = train_descriptor(cfg, [loader for _, loader in loaders], out, init_checkpoint=init)
     summary: dict = {
         "checkpoint": str(result.checkpoint),

@@ -42,6 +42,13 @@ class _ShardWorker:
         return pa.Table.from_pylist(results, schema=SHARD_RESULT_SCHEMA)
 
 
+def _storage_runtime_env() -> dict:
+    """The object-store endpoint for the actors (workers of an already running Ray did not see
+    this process's ``engine.storage``); credentials stay with each worker's own environment."""
+    env = {k: os.environ[k] for k in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3") if k in os.environ}
+    return {"runtime_env": {"env_vars": env}} if env else {}
+
+
 class RayEngine(Engine):
     name = "ray"
     img2dataset_distributor = "ray"
@@ -99,6 +106,7 @@ class RayEngine(Engine):
             num_cpus=cpus,
             num_gpus=gpus,
             **({"memory": int(resources.memory_gb * 2**30)} if resources.memory_gb else {}),
+            **_storage_runtime_env(),
         ).take_all()
         logger.info("ray engine: %d shard(s) on %d actor(s)", len(results), workers)
         return results

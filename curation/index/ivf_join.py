@@ -27,7 +27,7 @@ import math
 
 import numpy as np
 
-from curation.index.knn import normalized, pair_similarities, train_centroids
+from curation.index.vectors import normalized, pair_similarities, train_centroids
 
 log = logging.getLogger(__name__)
 

@@ -36,43 +36,22 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from curation.index.calibration import calibrated_scores
+from curation.index.vectors import (  # noqa: F401 (re-exported)
+    PAIR_CHUNK,
+    normalized,
+    pair_similarities,
+    train_centroids,
+)
 from schemas import DEDUP_EDGE_SCHEMA
 
 log = logging.getLogger(__name__)
 
 IndexKind = Literal["auto", "flat", "ivf", "ivfpq", "join"]
 INDEX_KINDS = ("auto", "flat", "ivf", "ivfpq", "join")  # join: curation/index/ivf_join.py
-_PAIR_CHUNK = 32_768  # pairs per gather (x d float64: 128 MiB at d = 512)
 _MIN_POINTS_PER_CENTROID = 39  # faiss warns below this many training points per centroid
 # The search's own similarities (float32 BLAS) may differ from the recomputed ones by a few ulps:
 # the density prefilter keeps this much slack so that the recomputed score alone decides.
 _PREFILTER_SLACK = 1e-4
-
-
-def normalized(vectors: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit L2 norm, as C-contiguous float32 (no copy when they already are).
-
-    All-zero rows stay zero: their similarity to anything is 0, so they never pair.
-    """
-    x = np.asarray(vectors)
-    if x.ndim != 2:
-        raise ValueError(f"vectors must be a 2-d (n, d) array, got shape {x.shape}")
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=1)
-    if np.all(np.abs(norms - 1.0) < 1e-5):
-        return x
-    norms[norms == 0] = 1.0
-    return np.ascontiguousarray(x / norms[:, None], dtype=np.float32)
-
-
-def pair_similarities(x: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
-    """float32 inner products ``x[i] . x[j]`` (summed in float64, so independent of batching)."""
-    out = np.empty(len(i), dtype=np.float32)
-    for start in range(0, len(i), _PAIR_CHUNK):
-        a = x[i[start : start + _PAIR_CHUNK]].astype(np.float64)
-        b = x[j[start : start + _PAIR_CHUNK]]
-        out[start : start + _PAIR_CHUNK] = np.einsum("ij,ij->i", a, b)
-    return out
 
 
 def _cross_similarities(queries: np.ndarray, refs: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -81,8 +60,8 @@ def _cross_similarities(queries: np.ndarray, refs: np.ndarray, labels: np.ndarra
     sims = np.full(labels.size, -np.inf, dtype=np.float32)
     flat = labels.reshape(-1)
     valid = np.flatnonzero(flat >= 0)
-    for start in range(0, len(valid), _PAIR_CHUNK):
-        cells = valid[start : start + _PAIR_CHUNK]
+    for start in range(0, len(valid), PAIR_CHUNK):
+        cells = valid[start : start + PAIR_CHUNK]
         a = queries[rows[cells]].astype(np.float64)
         sims[cells] = np.einsum("ij,ij->i", a, refs[flat[cells]])
     return sims.reshape(labels.shape)
@@ -104,34 +83,6 @@ def gpu_wanted(use_gpu: bool | None) -> bool:
             "machine with a CUDA device, or pass use_gpu=None to fall back to the CPU"
         )
     return available if use_gpu is None else bool(use_gpu)
-
-
-def train_centroids(
-    sample: np.ndarray,
-    n_centroids: int,
-    *,
-    seed: int = 0,
-    iterations: int = 10,
-    use_gpu: bool = False,
-) -> np.ndarray:
-    """Spherical k-means (unit-norm centroids, for inner-product assignment) on a sample."""
-    import faiss
-
-    sample = normalized(sample)
-    if not 1 <= n_centroids <= len(sample):
-        raise ValueError(f"need 1 <= n_centroids <= {len(sample)} (the sample), got {n_centroids}")
-    kmeans = faiss.Kmeans(
-        sample.shape[1],
-        n_centroids,
-        niter=iterations,
-        seed=seed,
-        spherical=True,
-        gpu=use_gpu,
-        min_points_per_centroid=1,
-        max_points_per_centroid=max(256, -(-len(sample) // n_centroids)),
-    )
-    kmeans.train(sample)
-    return np.ascontiguousarray(kmeans.centroids, dtype=np.float32)
 
 
 def _resolve_kind(n: int, index: str, exact_limit: int, pq_bytes: int | None) -> str:

@@ -18,6 +18,7 @@ from curation.stages.decode import DecodeConfig
 from curation.stages.embed import EmbedConfig
 from curation.stages.ingest import IngestChecks
 from curation.stages.near_dedup import NearDedupConfig
+from curation.stages.nsfw import NsfwConfig
 from curation.synth import SynthConfig
 from curation.train_descriptor.config import AugmentConfig, DescriptorTrainConfig
 
@@ -26,6 +27,7 @@ from curation.train_descriptor.config import AugmentConfig, DescriptorTrainConfi
 class IngestConfig(IngestChecks):
     """The ingest job: the checks of each image, then exact and near-exact dedup."""
 
+    nsfw: NsfwConfig = field(default_factory=NsfwConfig)  # the NSFW stage (after the checks)
     exact_dedup: bool = True
     near_dedup: NearDedupConfig = field(default_factory=NearDedupConfig)
 

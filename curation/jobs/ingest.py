@@ -9,7 +9,7 @@ safety stage reads that stage's records, so rows it flagged are never hashed, de
 embedded.
 
 The safety record (which filters ran, their model ids and thresholds, how many images each removed
-or changed) is ``stats["safety"]``, also written to ``<run>/ingest/_safety.json`` for the manifest.
+or changed) is ``stats["safety"]``, also written to ``<run>/_safety.json`` for the manifest.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from curation.stages.unique_images import UniqueImagesConfig, UniqueImagesStage
 from schemas import HASH_DEDUP_SCHEMA
 
 BLURRED = "_blurred"  # under faces/: metadata names start with "_", so the folder reads as data
-SAFETY_RECORD = "_safety.json"  # under ingest/: the safety filters that ran and what they did
+SAFETY_RECORD = "_safety.json"  # in the run folder: the safety filters that ran and what they did
 
 
 def dedup_summary(result: pa.Table) -> dict:
@@ -133,7 +133,7 @@ def run_ingest(cfg: CurationConfig, engine: Engine, inputs: list[Path] | None = 
     )
     stage.write_stats(ingest_stats)
     records, stats = run_safety(cfg, engine, records)
-    write_json_atomic(stage.path / SAFETY_RECORD, {"filters": stats["safety"]})
+    write_json_atomic(cfg.run_dir.root / SAFETY_RECORD, {"filters": stats["safety"]})
     stats["ingest"] = ingest_stats
 
     dedup_outputs = []

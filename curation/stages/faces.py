@@ -26,18 +26,9 @@ from curation.readers.image_bytes import ImageBytesError, ImageBytesReader
 from curation.readers.tar_index import tar_members
 from curation.safe_names import member_name
 from curation.stages.base import Resources
-from schemas import IMAGE_RECORD_SCHEMA, STATUS_OK
+from schemas import FACE_RECORD_SCHEMA, IMAGE_RECORD_SCHEMA, STATUS_OK
 
 STATUS_READ_ERROR = "read_error"
-
-FACE_RECORD_SCHEMA = pa.schema(
-    [
-        *IMAGE_RECORD_SCHEMA,
-        pa.field("face_count", pa.int32()),  # faces found (and blurred); null when not looked at
-        pa.field("face_boxes", pa.list_(pa.list_(pa.int32(), 4))),  # [left, top, right, bottom]
-    ],
-    metadata={"lvd.schema": "face_record", "lvd.version": "1"},
-)
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,9 @@ RGB and filters by minimum side and maximum aspect ratio.
 
 The ingest job (:mod:`curation.jobs.ingest`) chains it with the safety stages (NSFW filtering,
 :mod:`curation.stages.nsfw`; face blurring, :mod:`curation.stages.faces`), exact dedup, perceptual
-hashes, near dedup and the unique-images filter, each a stage writing its own folder. Their settings
-live here, in :class:`IngestChecks`, with the per-image checks.
+hashes, near dedup and the unique-images filter, each a stage writing its own folder. The per-image
+checks and the face-blur settings live here, in :class:`IngestChecks`; the job's config
+(:class:`curation.jobs.config.IngestConfig`) adds the NSFW and dedup settings.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from curation.imaging import DEFAULT_MAX_PIXELS, ImageRejected, decode_rgb
 from curation.models.face_blur import FaceBlurConfig
 from curation.readers.image_bytes import ImageBytesError, ImageBytesReader
 from curation.stages.base import Resources
-from curation.stages.nsfw import NsfwConfig
 from schemas import ENCODED_IMAGE_SCHEMA, IMAGE_RECORD_SCHEMA, STATUS_OK
 
 logger = logging.getLogger(__name__)
@@ -41,7 +41,6 @@ class IngestChecks:
     min_side: int = 32
     max_aspect_ratio: float | None = 10.0
     batch_size: int = 256
-    nsfw: NsfwConfig = field(default_factory=NsfwConfig)  # the NSFW stage (after these checks)
     face_blur: FaceBlurConfig = field(default_factory=FaceBlurConfig)  # the faces stage (after)
 
 

@@ -29,21 +29,9 @@ from curation.config import check_choices
 from curation.imaging import DEFAULT_MAX_PIXELS
 from curation.readers.image_bytes import image_bytes_loaders
 from curation.stages.base import Resources
-from schemas import IMAGE_RECORD_SCHEMA, STATUS_OK
+from schemas import IMAGE_RECORD_SCHEMA, NSFW_RECORD_SCHEMA, STATUS_NSFW, STATUS_OK
 
 logger = logging.getLogger(__name__)
-
-STATUS_NSFW = "nsfw"
-
-# IMAGE_RECORD plus the scores (stages that read IMAGE_RECORD read these files as they are).
-NSFW_RECORD_SCHEMA = pa.schema(
-    [
-        *IMAGE_RECORD_SCHEMA,
-        pa.field("nsfw_score", pa.float32()),  # the top class's score; null when not scored
-        pa.field("nsfw_class", pa.string()),  # the top class among the grouped classes
-    ],
-    metadata={"lvd.schema": "nsfw_record", "lvd.version": "1"},
-)
 
 
 @dataclass(frozen=True)

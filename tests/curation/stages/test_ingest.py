@@ -168,7 +168,7 @@ def test_face_blurring_blurs_faces_only_and_counts_them(small_web, tmp_path):
     (blur,) = [entry for entry in stats["safety"] if entry["filter"] == "face_blur"]
     assert blur["changed"] == stats["faces"]["face_blur_images"]
     assert blur["checked"] == stats["faces"]["face_blur_checked"] > 0
-    saved = json.loads((cfg.run_dir.stage("ingest").path / "_safety.json").read_text())
+    saved = json.loads((cfg.run_dir.root / "_safety.json").read_text())
     assert saved["filters"] == stats["safety"]
     # Synthetic shapes are not faces: few false positives among pool images.
     assert stats["faces"]["face_blur_images"] <= 1 + 2

@@ -95,7 +95,12 @@ def test_ingest_chain_on_s3_equals_local(
     s3_server, pictures_and_shards, local_run, engine_name, require
 ):
     if engine_name == "ray":
-        require("ray")
+        ray = require("ray")
+        # A Ray started by an earlier test has workers without this session's S3 environment
+        # (credentials, endpoint): start a fresh one, as a job submitted with that environment.
+        if ray.is_initialized():
+            ray.shutdown()
+            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)  # as ray_runtime
     run = _ingest(engine_name, f"s3://{BUCKET}/chain-{engine_name}", pictures_and_shards[1])
     assert isinstance(run.root, storage.ObjectPath)
     assert run.stage("unique_images").is_complete()
