@@ -15,4 +15,5 @@ COMMANDS = [
     "train_descriptor",
     "bench",
     "pretrain",
+    "eval",
 ]

@@ -304,6 +304,44 @@ ROWS = [
         "optim.lrr=1",
         expect="'optim.lrr'",
     ),
+    # eval knn: settings and both splits checked before the model loads
+    row("eval_no_evaluation", "eval", expect="required: EVALUATION"),
+    row(
+        "eval_train_missing",
+        *("eval", "knn", "--train", "nope", "--val", "imgs", "--model", "vit_small"),
+        expect="--train nope does not exist",
+    ),
+    row(
+        "eval_val_missing",
+        *("eval", "knn", "--train", "imgs", "--val", "{root}/nope", "--model", "vit_small"),
+        expect="--val {root}/nope does not exist",
+    ),
+    row(
+        "eval_train_loose_images",
+        *("eval", "knn", "--train", "imgs", "--val", "imgs", "--model", "vit_small"),
+        expect="imgs holds images outside class folders",
+    ),
+    row(
+        "eval_train_parquet_without_labels",
+        *("eval", "knn", "--train", "wrong", "--val", "empty", "--model", "vit_small"),
+        expect="needs a 'label' column",
+    ),
+    row(
+        "eval_checkpoint_missing",
+        *("eval", "knn", "--train", "imgs", "--val", "imgs", "--checkpoint", "nope.pt"),
+        expect="--checkpoint nope.pt does not exist",
+    ),
+    row(
+        "eval_json_under_file",
+        *("eval", "knn", "--train", "imgs", "--val", "imgs", "--model", "vit_small"),
+        *("--json", "a_file/r.json"),
+        expect="a_file is a file",
+    ),
+    row(
+        "eval_k_zero",
+        *("eval", "knn", "--train", "imgs", "--val", "imgs", "--model", "vit_small", "--k", "0"),
+        expect="--k must be >= 1",
+    ),
     # the Ray job, checked before Ray starts
     row("ray_job_unknown_key", "engine.nme=ray", expect="'engine.nme'", script="curate_ray"),
     row(
