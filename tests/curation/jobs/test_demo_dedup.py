@@ -16,7 +16,7 @@ from curation.config import load_config
 from curation.jobs.config import CurationConfig
 from curation.jobs.demo import run_demo
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # ~8 min of training and dedup
 
 
 @pytest.fixture(scope="module")
