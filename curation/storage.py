@@ -190,6 +190,14 @@ def read_table(paths, columns: list[str] | None = None) -> pa.Table:
     return pq.read_table([inner for _, inner in resolved], columns=columns, filesystem=fs)
 
 
+def read_schema(path: str | os.PathLike) -> pa.Schema:
+    """The schema of one Parquet file (a local path or a URI), from its footer alone."""
+    import pyarrow.parquet as pq
+
+    fs, inner = filesystem(path)
+    return pq.read_schema(inner, filesystem=fs)
+
+
 def open_input(path: str | os.PathLike):
     """A random-access file (seek + read: ranged GETs on object stores); close it, or use ``with``."""
     fs, inner = filesystem(path)

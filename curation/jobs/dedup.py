@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import yaml
 
+from curation import storage
 from curation.config import ConfigError
 from curation.engines import Engine
 from curation.index.calibration import ScoreCalibration
@@ -68,18 +68,19 @@ def pixel_counts(records: list[Path], keys: list[str]) -> pa.Array:
     """width x height of each key's IMAGE_RECORD (null where unknown), in ``keys`` order."""
     if not records:
         return pa.nulls(len(keys), pa.int64())
-    table = pq.read_table(records, columns=["key", "width", "height"])
+    table = storage.read_table(records, columns=["key", "width", "height"])
     pixels = pc.multiply(table["width"].cast(pa.int64()), table["height"].cast(pa.int64()))
     index = pc.index_in(pa.array(keys, pa.string()), value_set=table["key"].combine_chunks())
     return pc.take(pixels.combine_chunks(), index)
 
 
-def folder_calibration(folder: Path) -> dict | None:
-    """The calibration an embed stage recorded in ``folder``'s ``_config.yaml`` (None if none)."""
+def folder_calibration(folder: str | Path) -> dict | None:
+    """The calibration an embed stage recorded in ``folder``'s ``_config.yaml`` (None if none);
+    ``folder`` may be a local path or a URI."""
     for name in (CONFIG, LEGACY_CONFIG):
-        path = Path(folder) / name
-        if path.is_file():
-            saved = yaml.safe_load(path.read_text()) or {}
+        path = storage.join(folder, name)
+        if storage.exists(path):
+            saved = yaml.safe_load(storage.read_bytes(path)) or {}
             stage_config = saved.get("config") if isinstance(saved, dict) else None
             if isinstance(stage_config, dict):
                 return stage_config.get("calibration") or None
@@ -92,7 +93,7 @@ def recorded_calibration(embeddings: list[Path]) -> tuple[ScoreCalibration | Non
     from; (None, None) when there is none. Folders that disagree are an error."""
     found = {
         folder: folder_calibration(folder)
-        for folder in sorted({Path(p).parent for p in embeddings})
+        for folder in sorted({str(storage.as_path(p).parent) for p in embeddings})
     }
     distinct = {json.dumps(value, sort_keys=True) for value in found.values()}
     if len(distinct) > 1:
@@ -182,7 +183,7 @@ def find_pairs(
     run_stage(StageSpec(PartitionPairsStage, search_config), partitions, found, engine)
 
     def merge() -> pa.Table:
-        merged = dedup_edges(pq.read_table(found.outputs()))
+        merged = dedup_edges(storage.read_table(found.outputs()))
         density = scoring.density()
         if density is None:
             return merged
@@ -219,7 +220,7 @@ def run_dedup(
 
     def compute() -> pa.Table:
         index = {key: row for row, key in enumerate(keys)}
-        edges = pq.read_table(run.stage("dedup_edges").path / TABLE_OUTPUT)
+        edges = storage.read_table(run.stage("dedup_edges").path / TABLE_OUTPUT)
         i = np.array([index[k] for k in edges["src_key"].to_pylist()], dtype=np.int64)
         j = np.array([index[k] for k in edges["dst_key"].to_pylist()], dtype=np.int64)
         contaminated = np.zeros(len(keys), dtype=bool)

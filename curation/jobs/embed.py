@@ -7,6 +7,7 @@ import dataclasses
 import logging
 from pathlib import Path
 
+from curation import storage
 from curation.engines import Engine
 from curation.jobs.config import CurationConfig
 from curation.readers.input_shards import input_kind
@@ -18,16 +19,18 @@ logger = logging.getLogger(__name__)
 
 
 def run_embed(
-    cfg: CurationConfig, engine: Engine, inputs: list[Path], stage: str = "embed_sscd"
+    cfg: CurationConfig, engine: Engine, inputs: list[str | Path], stage: str = "embed_sscd"
 ) -> dict:
-    """Embed IMAGE_RECORD or ENCODED_IMAGE shards into ``<run>/<stage>/`` with ``cfg.embed``."""
+    """Embed IMAGE_RECORD or ENCODED_IMAGE shards (local paths or URIs) into ``<run>/<stage>/``
+    with ``cfg.embed``."""
     if not inputs:
         raise FileNotFoundError("embed: no input shards")
-    kinds = {input_kind(Path(p)) for p in inputs}
+    inputs = [storage.as_path(p) for p in inputs]  # local paths or URIs
+    kinds = {input_kind(p) for p in inputs}
     if len(kinds) > 1:
         raise SchemaError(f"embed: inputs mix schemas {sorted(kinds)}; embed each kind separately")
     run = cfg.run_dir
     run.save_config(cfg)
     spec = embed_stage_spec(dataclasses.replace(cfg.embed, input=kinds.pop()))
     logger.info("embed %d shard(s) with %s", len(inputs), spec.config.model_id)
-    return run_stage(spec, [Path(p) for p in inputs], run.stage(stage), engine)
+    return run_stage(spec, inputs, run.stage(stage), engine)

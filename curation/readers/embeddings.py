@@ -1,27 +1,38 @@
 """Read EMBEDDING shards as (keys, matrix) of the images that were embedded.
 
 Rows whose ``status`` is not ``ok`` (null embedding) are left out. Shards written before EMBEDDING
-v2 (no ``status`` column: only images that worked were written) read the same way.
+v2 (no ``status`` column: only images that worked were written) read the same way. Shards may be
+local paths or URIs (read through :mod:`curation.storage`).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from curation.readers.input_shards import read_shard_schema
+from curation import storage
 from schemas import STATUS_OK, SchemaError
 
 
-def read_embeddings(paths: list[Path]) -> tuple[list[str], np.ndarray]:
+def _read_shard(path: str | os.PathLike) -> pa.Table:
+    """One shard, or a :class:`SchemaError` naming it if it is not a readable Parquet file."""
+    try:
+        return storage.read_table(path)
+    except FileNotFoundError:
+        raise
+    except (pa.ArrowException, OSError) as exc:
+        raise SchemaError(f"{path}: not a readable Parquet file ({exc})") from exc
+
+
+def read_embeddings(paths: list[str | os.PathLike]) -> tuple[list[str], np.ndarray]:
     """Keys and the ``(n, dim)`` float32 matrix of the ``ok`` rows of EMBEDDING shards."""
     tables = []
     for path in paths:
-        schema = read_shard_schema(Path(path))
+        table = _read_shard(path)
+        schema = table.schema
         field = schema.field("embedding") if "embedding" in schema.names else None
         if (
             "key" not in schema.names
@@ -32,7 +43,6 @@ def read_embeddings(paths: list[Path]) -> tuple[list[str], np.ndarray]:
                 f"{path}: not EMBEDDING shards (need 'key' and a fixed-size list 'embedding'); "
                 f"found {schema.names}"
             )
-        table = pq.read_table(path)
         if "status" in table.column_names:
             table = table.filter(pc.equal(table.column("status"), STATUS_OK))
         tables.append(table.select(["key", "embedding"]))
