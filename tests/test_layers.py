@@ -19,6 +19,7 @@ PACKAGES = ("curation", "pretrain", "schemas", "jobs")
 STAGE_MAY_IMPORT = (
     "curation.stages.base",
     "curation.io",
+    "curation.storage",  # the filesystem layer io sits on (local paths and URIs)
     "curation.imaging",
     "curation.config",
     "curation.safe_names",

@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
+from curation import storage
 from curation.io import write_parquet_atomic
 from curation.readers.image_files import IMAGE_SUFFIXES
 from curation.readers.tar_index import TarIndexError, tar_index
@@ -27,7 +27,7 @@ def read_shard_schema(path: Path) -> pa.Schema:
     """The schema of the Parquet file at ``path``; a :class:`SchemaError` naming the file if it is
     not one (corrupt, truncated, empty, another format)."""
     try:
-        return pq.read_schema(path)
+        return storage.read_schema(path)
     except FileNotFoundError:
         raise
     except (pa.ArrowException, OSError) as exc:
@@ -77,7 +77,7 @@ def conform_parquet_inputs(paths: list[Path], out_dir: Path) -> list[Path]:
         target = Path(out_dir) / f"{path.stem}.parquet"
         if not target.is_file():
             try:
-                table = conform(pq.read_table(path), ENCODED_IMAGE_SCHEMA)
+                table = conform(storage.read_table(path), ENCODED_IMAGE_SCHEMA)
             except SchemaError as exc:
                 raise SchemaError(f"{path}: {exc}") from exc
             write_parquet_atomic(target, table, ENCODED_IMAGE_SCHEMA)
