@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
-from curation import storage
 from curation.stages.base import Resources
 from schemas import IMAGE_RECORD_SCHEMA, STATUS_OK
 
@@ -32,7 +32,7 @@ class UniqueImagesStage:
     def setup(self) -> None:
         dropped = []
         for path in self.config.dedup_outputs:
-            table = storage.read_table(path, columns=["key", "keep"])
+            table = pq.read_table(path, columns=["key", "keep"])
             dropped.append(table.filter(pc.invert(table.column("keep"))).column("key"))
         if dropped:
             self.dropped = pa.chunked_array(dropped, pa.string()).combine_chunks()
