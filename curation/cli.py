@@ -29,6 +29,17 @@ class OneLineErrorParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
+def group_parser_class(command: str) -> type[OneLineErrorParser]:
+    """The parser class of ``lvd <command> <name>`` (``lvd bench copydetect``, ``lvd eval knn``):
+    its errors read ``lvd <command>: error: ...``, like every command's."""
+
+    class GroupParser(OneLineErrorParser):
+        def error(self, message: str):
+            self.exit(2, f"lvd {command}: error: {message} (see `{self.prog} --help`)\n")
+
+    return GroupParser
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineErrorParser(
         prog="lvd", description="Curate LVD-style pretraining data and pretrain DINOv2 on it."

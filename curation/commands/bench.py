@@ -10,21 +10,14 @@ import shutil
 import time
 from pathlib import Path
 
-from curation.cli import OneLineErrorParser
-from curation.commands.train_descriptor import _sizes
-
-
-class _BenchParser(OneLineErrorParser):
-    """Errors of ``lvd bench <benchmark>`` read ``lvd bench: error: ...`` like every command's."""
-
-    def error(self, message: str):
-        self.exit(2, f"lvd bench: error: {message} (see `{self.prog} --help`)\n")
+from curation.cli import group_parser_class
+from curation.commands.common import parse_sizes
 
 
 def register(sub) -> None:
     parser = sub.add_parser("bench", help="benchmarks the project owns")
     benches = parser.add_subparsers(
-        dest="bench", required=True, metavar="BENCHMARK", parser_class=_BenchParser
+        dest="bench", required=True, metavar="BENCHMARK", parser_class=group_parser_class("bench")
     )
     copydetect = benches.add_parser(
         "copydetect",
@@ -48,7 +41,7 @@ def register(sub) -> None:
     )
     copydetect.add_argument("--phash", action="store_true", help="also score pHash")
     copydetect.add_argument(
-        "--scales", type=_sizes, default=(), help="multi-scale inference sizes, e.g. 128,160"
+        "--scales", type=parse_sizes, default=(), help="multi-scale inference sizes, e.g. 128,160"
     )
     copydetect.add_argument(
         "--store-calibration",

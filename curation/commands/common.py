@@ -88,3 +88,14 @@ def shard_inputs(cfg, images: Path | None, shards: Path | None) -> list[Path] | 
     if shards:
         return check_input_shards(parquet_files(shards), ("encoded_image",))
     return None
+
+
+def parse_sizes(text: str) -> tuple[int, ...]:
+    """``"128,160,224"`` -> ``(128, 160, 224)``; argparse reports a bad value as a usage error."""
+    try:
+        sizes = tuple(int(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected sizes like 128,160,224, got {text!r}") from None
+    if any(size <= 0 for size in sizes):
+        raise argparse.ArgumentTypeError(f"sizes must be positive, got {text!r}")
+    return sizes

@@ -8,22 +8,18 @@ import argparse
 import json
 from pathlib import Path
 
-from curation.cli import OneLineErrorParser
+from curation.cli import group_parser_class
 
 DEFAULT_MODEL = "dinov2_vits14"
-
-
-class _EvalParser(OneLineErrorParser):
-    """Errors of ``lvd eval <evaluation>`` read ``lvd eval: error: ...`` like every command's."""
-
-    def error(self, message: str):
-        self.exit(2, f"lvd eval: error: {message} (see `{self.prog} --help`)\n")
 
 
 def register(sub) -> None:
     parser = sub.add_parser("eval", help="evaluate a frozen backbone on labelled images")
     evaluations = parser.add_subparsers(
-        dest="evaluation", required=True, metavar="EVALUATION", parser_class=_EvalParser
+        dest="evaluation",
+        required=True,
+        metavar="EVALUATION",
+        parser_class=group_parser_class("eval"),
     )
     knn = evaluations.add_parser(
         "knn",

@@ -8,6 +8,7 @@ import logging
 from dataclasses import asdict
 from pathlib import Path
 
+from curation.commands.common import parse_sizes
 from curation.train_descriptor.presets import PRESET_CHOICES
 
 
@@ -36,7 +37,7 @@ def register(sub) -> None:
     )
     parser.add_argument(
         "--eval-scales",
-        type=_sizes,
+        type=parse_sizes,
         default=(),
         help="comma-separated sizes for multi-scale evaluation, e.g. 128,160,224",
     )
@@ -53,17 +54,6 @@ def register(sub) -> None:
     )
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     parser.set_defaults(func=run)
-
-
-def _sizes(text: str) -> tuple[int, ...]:
-    """``"128,160,224"`` -> ``(128, 160, 224)``; argparse reports a bad value as a usage error."""
-    try:
-        sizes = tuple(int(s) for s in text.split(",") if s.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected sizes like 128,160,224, got {text!r}") from None
-    if any(size <= 0 for size in sizes):
-        raise argparse.ArgumentTypeError(f"sizes must be positive, got {text!r}")
-    return sizes
 
 
 def check_inputs(ns: argparse.Namespace):

@@ -367,25 +367,24 @@ def choose_calibration(
 ):
     """The score kind and threshold reaching ``target_precision`` with the highest pair recall on
     this split (cosine on a tie); None when neither kind reaches it."""
-    from curation.index.calibration import ScoreCalibration, threshold_for_precision
+    from curation.index.calibration import fit_calibration
 
-    i, j, kinds = descriptor_scores(embeddings)
-    labels = truth.labels(i, j)
-    best = None
-    for kind, scores in kinds.items():
-        threshold, recall = threshold_for_precision(scores, labels, truth.n_pairs, target_precision)
-        if threshold is not None and (best is None or recall > best[2]):
-            best = (kind, threshold, recall)
-    if best is None:
+    i, j, cosine = knn_pairs(embeddings, K_NEIGHBOURS)
+    try:
+        calibration, _ = fit_calibration(
+            embeddings,
+            i,
+            j,
+            cosine,
+            truth.labels(i, j),
+            truth.n_pairs,
+            target_precision,
+            ranks=DENSITY_RANKS,
+            measured_on=measured_on,
+        )
+    except ValueError:  # no kind reaches the target
         return None
-    return ScoreCalibration(
-        kind=best[0],
-        ranks=DENSITY_RANKS,
-        beta=1.0,
-        threshold=best[1],
-        target_precision=target_precision,
-        measured_on=measured_on,
-    )
+    return calibration
 
 
 def check_at_threshold(truth: CopySetTruth, embeddings: np.ndarray, calibration) -> dict:
