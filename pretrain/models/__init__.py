@@ -9,6 +9,7 @@ built with). ``load_backbone`` loads a local state dict strictly, with no key re
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -115,9 +116,36 @@ def load_backbone(
     checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     if not isinstance(checkpoint, Mapping):
         raise CheckpointFormatError(f"{path} holds a {type(checkpoint).__name__}, not a dict")
-    model = build_model(arch, **kwargs)
-    model.load_state_dict(extract_backbone_state_dict(checkpoint), strict=True)
+    state = extract_backbone_state_dict(checkpoint)
+    model = build_model(arch, **{**checkpoint_geometry(state), **kwargs})
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[:3]
+        raise CheckpointFormatError(
+            f"{path} does not fit {arch}: {' '.join(line.strip() for line in first)}"
+        ) from None
     return model
+
+
+def checkpoint_geometry(state: Mapping[str, torch.Tensor]) -> dict[str, int]:
+    """The constructor settings a backbone state dict fixes by its shapes: ``patch_size``,
+    ``img_size`` (the position-embedding grid it was trained at; other sizes are interpolated at
+    run time) and ``num_register_tokens``. A teacher our pretrainer exported at 112 px loads
+    into the same architecture as one trained at 518 px."""
+    found: dict[str, int] = {}
+    proj = state.get("patch_embed.proj.weight")
+    pos = state.get("pos_embed")
+    if proj is not None and proj.ndim == 4:
+        found["patch_size"] = int(proj.shape[-1])
+        if pos is not None and pos.ndim == 3:
+            side = math.isqrt(int(pos.shape[1]) - 1)
+            if side * side == int(pos.shape[1]) - 1:
+                found["img_size"] = side * found["patch_size"]
+    registers = state.get("register_tokens")
+    if registers is not None and registers.ndim == 3:
+        found["num_register_tokens"] = int(registers.shape[1])
+    return found
 
 
 __all__ = [

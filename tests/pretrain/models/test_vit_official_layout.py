@@ -132,7 +132,26 @@ def test_loader_is_strict(tmp_path):
     del state["mask_token"]
     path = tmp_path / "incomplete.pth"
     torch.save(state, path)
-    with pytest.raises(RuntimeError, match="mask_token"):
+    with pytest.raises(CheckpointFormatError, match="does not fit vit: .*mask_token"):
         load_backbone(path, arch="vit", **TINY)
     with pytest.raises(CheckpointFormatError):
         extract_backbone_state_dict({"teacher": {}})
+
+
+def test_loader_takes_the_grid_and_patch_size_from_the_checkpoint(tmp_path):
+    """A teacher trained at 112 px (8 x 8 grid of 14 px patches) loads into dinov2_vits14, whose
+    own grid is 37 x 37, and embeds exactly as the model that was saved; other widths fail."""
+    torch.manual_seed(0)
+    trained = build_model("vit_small", img_size=112, patch_size=14, block_chunks=0, init_values=1.0)
+    path = tmp_path / "teacher.pth"
+    torch.save(trained.state_dict(), path)
+    loaded = load_backbone(path, arch="dinov2_vits14")
+    assert loaded.pos_embed.shape == trained.pos_embed.shape
+    x = torch.randn(2, 3, 112, 112)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            loaded.forward_features(x)["x_norm_clstoken"],
+            trained.eval().forward_features(x)["x_norm_clstoken"],
+        )
+    with pytest.raises(CheckpointFormatError, match="does not fit vit: .*size mismatch"):
+        load_backbone(path, arch="vit", **TINY)
