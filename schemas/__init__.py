@@ -1,6 +1,6 @@
 """Data contracts: Arrow schemas for every stage boundary and the manifest JSON Schema."""
 
-from schemas.manifest import MANIFEST_JSON_SCHEMA, validate_manifest
+from schemas.manifest import MANIFEST_JSON_SCHEMA, MANIFEST_VERSION, validate_manifest
 from schemas.tables import (
     ALL_SCHEMAS,
     CLUSTER_ASSIGNMENT_SCHEMA,
@@ -13,10 +13,13 @@ from schemas.tables import (
     HASH_DEDUP_SCHEMA,
     IMAGE_HASH_SCHEMA,
     IMAGE_RECORD_SCHEMA,
+    LVD_SAMPLE_SCHEMA,
     NSFW_RECORD_SCHEMA,
+    PREPARED_SAMPLE_SCHEMA,
     RETRIEVAL_SELECTION_SCHEMA,
     SHARD_INDEX_SCHEMA,
     SHARD_RESULT_SCHEMA,
+    SHARD_SOURCE_SCHEMA,
     STATUS_NSFW,
     STATUS_OK,
     URL_LIST_SCHEMA,
@@ -38,10 +41,14 @@ __all__ = [
     "HASH_DEDUP_SCHEMA",
     "IMAGE_HASH_SCHEMA",
     "IMAGE_RECORD_SCHEMA",
+    "LVD_SAMPLE_SCHEMA",
     "NSFW_RECORD_SCHEMA",
     "MANIFEST_JSON_SCHEMA",
+    "MANIFEST_VERSION",
+    "PREPARED_SAMPLE_SCHEMA",
     "RETRIEVAL_SELECTION_SCHEMA",
     "SHARD_INDEX_SCHEMA",
+    "SHARD_SOURCE_SCHEMA",
     "SHARD_RESULT_SCHEMA",
     "STATUS_NSFW",
     "STATUS_OK",

@@ -1,4 +1,8 @@
-"""The JSON Schema of ``manifest.json`` and its validator."""
+"""The JSON Schema of ``manifest.json`` (written by :mod:`curation.jobs.manifest`) and its validator.
+
+Version 2 (``schema_version``): one entry per shard, each tar with its own index; the composition
+per seed dataset and mode; dedup, decontamination and safety summaries; model ids; config hash.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from schemas.validate import SchemaError
 MANIFEST_JSON_SCHEMA: dict[str, Any] = json.loads(
     resources.files("schemas").joinpath("manifest.schema.json").read_text()
 )
+MANIFEST_VERSION: int = MANIFEST_JSON_SCHEMA["properties"]["schema_version"]["const"]
 
 
 def validate_manifest(manifest: dict[str, Any]) -> None:

@@ -184,6 +184,65 @@ RETRIEVAL_SELECTION_SCHEMA = _named(
     ],
 )
 
+# What the shard writer reads: one row per output sample (each key once), the IMAGE_RECORD fields
+# that locate its bytes (``source_file`` run-relative, or the bytes inline in ``image`` for seed
+# images packed from a folder) and the provenance of the selection it came from (the first by seed
+# dataset, mode and rank when several seeds selected it; RETRIEVAL_SELECTION holds them all).
+SHARD_SOURCE_SCHEMA = _named(
+    "shard_source",
+    1,
+    [
+        *IMAGE_RECORD_SCHEMA,
+        pa.field("image", pa.binary()),
+        pa.field("seed_dataset", pa.string(), nullable=False),
+        pa.field("mode", pa.string(), nullable=False),  # as_is | sample | cluster
+        pa.field("seed_key", pa.string()),
+        pa.field("rank", pa.int32()),
+        pa.field("similarity", pa.float32()),
+        pa.field("cluster_id", pa.int64()),
+    ],
+)
+
+# An LVD sample as a Parquet shard holds it (``curation/stages/shard.py``): the encoded image as
+# written (re-encoded as JPEG when its long side exceeded the maximum), its file extension (from the
+# real format) and sha256, its size as displayed, where it came from (URL; the run-relative file,
+# offset, size and sha256 of the source bytes) and the seed provenance of its selection.
+_LVD_SAMPLE_FIELDS = [
+    pa.field("key", pa.string(), nullable=False),
+    pa.field("image", pa.binary(), nullable=False),
+    pa.field("extension", pa.string(), nullable=False),  # jpg | png | webp | gif | ...
+    pa.field("sha256", pa.string(), nullable=False),  # of ``image``, the bytes written
+    pa.field("width", pa.int32()),
+    pa.field("height", pa.int32()),
+    pa.field("url", pa.string()),
+    pa.field("seed_dataset", pa.string(), nullable=False),
+    pa.field("mode", pa.string(), nullable=False),  # as_is | sample | cluster
+    pa.field("seed_key", pa.string()),
+    pa.field("rank", pa.int32()),
+    pa.field("similarity", pa.float32()),
+    pa.field("cluster_id", pa.int64()),
+    pa.field("source_sha256", pa.string()),  # of the source bytes (differs once re-encoded)
+    pa.field("source_file", pa.string()),
+    pa.field("source_offset", pa.int64()),
+    pa.field("source_size", pa.int64()),
+]
+LVD_SAMPLE_SCHEMA = _named("lvd_sample", 1, _LVD_SAMPLE_FIELDS)
+
+# The shard stage's output: one row per planned sample, the LVD sample ready to pack, or (``status``
+# other than ok, no image) why it could not be made; the packer keeps the ok rows and counts the rest.
+PREPARED_SAMPLE_SCHEMA = _named(
+    "prepared_sample",
+    1,
+    [
+        *(
+            f.with_nullable(True) if f.name in ("image", "extension", "sha256") else f
+            for f in _LVD_SAMPLE_FIELDS
+        ),
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("error_message", pa.string()),
+    ],
+)
+
 # The Parquet index beside the LVD shards: where each sample is, and its lineage from URL to shard.
 SHARD_INDEX_SCHEMA = _named(
     "shard_index",
@@ -257,6 +316,9 @@ ALL_SCHEMAS = {
         DEDUP_COMPONENT_SCHEMA,
         CLUSTER_ASSIGNMENT_SCHEMA,
         RETRIEVAL_SELECTION_SCHEMA,
+        SHARD_SOURCE_SCHEMA,
+        PREPARED_SAMPLE_SCHEMA,
+        LVD_SAMPLE_SCHEMA,
         SHARD_INDEX_SCHEMA,
         SHARD_RESULT_SCHEMA,
     )

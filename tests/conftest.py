@@ -28,6 +28,7 @@ REQUIRED_UNDER_CI = {
     "pyspark": "the [spark] extra",
     "faiss": "a core dependency (faiss-cpu)",
     "webdataset": "the [dev] extra",
+    "datasets": "the [dev] extra (Hugging Face datasets: reads the Parquet shards back)",
     "img2dataset": "a core dependency",
     "skimage": "the [dev] extra (scikit-image: the real pictures of the copy-detection tests)",
     "onnxruntime": "the [safety] / [dev] extras (runs the NSFW detector)",

@@ -41,8 +41,10 @@ def train_centroids(
     seed: int = 0,
     iterations: int = 10,
     use_gpu: bool = False,
+    init_centroids: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Spherical k-means (unit-norm centroids, for inner-product assignment) on a sample."""
+    """Spherical k-means (unit-norm centroids, for inner-product assignment) on a sample, from
+    ``init_centroids`` when given (else faiss's random pick of sample rows)."""
     import faiss
 
     sample = normalized(sample)
@@ -58,5 +60,5 @@ def train_centroids(
         min_points_per_centroid=1,
         max_points_per_centroid=max(256, -(-len(sample) // n_centroids)),
     )
-    kmeans.train(sample)
+    kmeans.train(sample, init_centroids=init_centroids)
     return np.ascontiguousarray(kmeans.centroids, dtype=np.float32)

@@ -13,12 +13,15 @@ from pathlib import Path
 from curation.download.config import DownloadConfig
 from curation.engines import EngineConfig
 from curation.rundir import RunDir
+from curation.stages.cluster import ClusterConfig
 from curation.stages.copy_dedup import CopyDedupConfig
 from curation.stages.decode import DecodeConfig
 from curation.stages.embed import EmbedConfig
 from curation.stages.ingest import IngestChecks
 from curation.stages.near_dedup import NearDedupConfig
 from curation.stages.nsfw import NsfwConfig
+from curation.stages.retrieve import RetrieveConfig
+from curation.stages.shard import ShardConfig
 from curation.synth import SynthConfig
 from curation.train_descriptor.config import AugmentConfig, DescriptorTrainConfig
 
@@ -73,6 +76,9 @@ class CurationConfig:
     download: DownloadConfig = field(default_factory=DownloadConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
     dedup: CopyDedupConfig = field(default_factory=CopyDedupConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    retrieve: RetrieveConfig = field(default_factory=RetrieveConfig)
+    shards: ShardConfig = field(default_factory=ShardConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
 
     @property

@@ -35,7 +35,16 @@ from schemas import IMAGE_RECORD_SCHEMA
 
 REPO = Path(__file__).resolve().parents[2]
 CURATE_RAY = REPO / "jobs" / "curate_ray.py"
-JOB_COMMANDS = {"decode", "download", "ingest", "embed", "demo"}  # take key=value overrides
+JOB_COMMANDS = {
+    "decode",
+    "download",
+    "ingest",
+    "embed",
+    "demo",
+    "retrieve",
+    "cluster",
+    "shards",
+}  # take key=value overrides
 # A log record as cli.main formats it (logging.basicConfig): the only other lines a late row allows.
 LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING) \S+: ")
 # Options that take a path but are not user inputs of the command's own: every subcommand's
@@ -147,6 +156,42 @@ ROWS = [
     row("dedup_eval_bad_name", "dedup", "--eval", "..=wrong", expect="not a safe file name"),
     row("dedup_nothing_embedded", "dedup", "--run", "fresh", expect="run `lvd embed` first"),
     row("dedup_threshold_range", "dedup", "dedup.threshold=2", expect="in [-1, 1]"),
+    # cluster
+    row("cluster_nothing_embedded", "cluster", expect="`lvd embed`"),
+    row("cluster_bad_k", "cluster", "cluster.k=0", expect="cluster.k"),
+    # lineage
+    row("lineage_run_missing", "lineage", "--run-dir", "nope", "k1", expect="nope does not exist"),
+    row("lineage_no_keys", "lineage", "--run-dir", ".", expect="no keys"),
+    row(
+        "lineage_keys_file_missing",
+        "lineage",
+        "--run-dir",
+        ".",
+        "--keys-file",
+        "gone.txt",
+        expect="gone.txt",
+    ),
+    row("lineage_key_unknown", "lineage", "--run-dir", ".", "nokey", expect="not found"),
+    # retrieve
+    row("retrieve_no_seeds", "retrieve", expect="retrieve.seeds is empty"),
+    row("retrieve_seed_missing", "retrieve", "--seed", "web=nope", expect="'web' nope does not"),
+    row("retrieve_seed_no_folder", "retrieve", "--seed", "web", expect="NAME[:MODE]=DIR"),
+    row("retrieve_seed_bad_mode", "retrieve", "--seed", "web:most=wrong", expect="mode must be"),
+    row("retrieve_seed_bad_name", "retrieve", "--seed", "a/b=wrong", expect="'a/b'"),
+    row("retrieve_nothing_embedded", "retrieve", "--seed", "web=wrong", expect="`lvd embed`"),
+    row("retrieve_bad_index", "retrieve", "retrieve.index=hnsw", expect="'hnsw'"),
+    # shards
+    row("shards_nothing_retrieved", "shards", expect="`lvd retrieve`"),
+    row("shards_sources_missing", "shards", "--sources", "nope", expect="nope does not exist"),
+    row("shards_sources_wrong", "shards", "--sources", "wrong", expect="missing column 'key'"),
+    row("shards_sources_corrupt", "shards", "--sources", "corrupt", expect="part-0.parquet"),
+    row("shards_bad_format", "shards", "shards.format=zip", expect="'zip'"),
+    row("shards_unknown_key", "shards", "shards.fromat=tar", expect="'shards.fromat'"),
+    # manifest
+    row("manifest_run_missing", "manifest", "nope", expect="nope does not exist"),
+    row("manifest_run_is_file", "manifest", "a_file", expect="a_file is a file"),
+    row("manifest_no_shards", "manifest", "empty", expect="run `lvd shards` first"),
+    row("manifest_verify_unwritten", "manifest", "empty", "--verify", expect="lvd manifest RUN"),
     # embed
     row("embed_images_missing", "embed", "--images", "{root}/nope", expect="{root}/nope"),
     row("embed_tars_missing", "embed", "--tars", "nope", expect="nope does not exist"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -241,3 +242,55 @@ def test_ingest_gives_every_downloaded_file_a_status(downloaded, small_web):
     assert stats["dedup_exact"]["reason_exact_duplicate"] == small_web.config.n_exact_duplicates
     assert stats["ingest"]["images_per_second"] > 0
     assert pq.read_table(cfg.run_dir.stage("dedup_near").path / "part-00000.parquet").num_rows
+
+
+def test_lineage_of_a_shard_sample_reaches_its_url(downloaded, small_web, capsys):
+    """Downloaded -> ingested -> written to LVD shards: `lvd lineage` of a sample in a shard
+    gives the URL it was fetched from, its download status, sha256, hash-dedup drops and shard."""
+    from curation.jobs.shards import run_shards
+    from curation.readers.image_bytes import resolve_lineage
+    from schemas import SHARD_SOURCE_SCHEMA
+
+    _, url_list, root = downloaded
+    cfg = _cfg(root)
+    engine = get_engine("local", progress=False)
+    run_ingest(cfg, engine)
+    records = pq.read_table(unique_image_shards(cfg))
+    n = records.num_rows
+    provenance = {
+        "image": pa.nulls(n, pa.binary()),
+        "seed_dataset": pa.array(["web"] * n),
+        "mode": pa.array(["balanced"] * n),
+        "seed_key": pa.nulls(n, pa.string()),
+        "rank": pa.array(range(1, n + 1), pa.int32()),
+        "similarity": pa.nulls(n, pa.float32()),
+        "cluster_id": pa.nulls(n, pa.int64()),
+    }
+    # Sources outside the run folder: their lineage absolute (a run's own are run-relative).
+    sources = resolve_lineage(records.select(IMAGE_RECORD_SCHEMA.names), cfg.run_dir.root)
+    for name, column in provenance.items():
+        sources = sources.append_column(name, column)
+    path = root / "lineage_sources" / "part-00000.parquet"
+    path.parent.mkdir()
+    pq.write_table(sources.cast(SHARD_SOURCE_SCHEMA), path)
+    cfg = dataclasses.replace(cfg, shards=dataclasses.replace(cfg.shards, samples_per_shard=16))
+    run_shards(cfg, engine, sources=[path])
+    index = pq.read_table(sorted((cfg.run_dir.root / "shards").glob("*.index.parquet")))
+    key, shard = index["key"][0].as_py(), index["shard"][0].as_py()
+    # A key whose image had an exact copy dropped by hash dedup shows that copy too.
+    exact = pq.read_table(cfg.run_dir.stage("dedup_exact").outputs()).to_pylist()
+    kept_with_copy = next(
+        r["duplicate_of"] for r in exact if r["duplicate_of"] in set(index["key"].to_pylist())
+    )
+    capsys.readouterr()
+    assert main(["lineage", "--run-dir", str(cfg.run_dir.root), key, kept_with_copy]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    record = {r["key"]: r for r in records.to_pylist()}[key]
+    assert lines[0]["url"] == record["url"] and lines[0]["url"].startswith("http://127.0.0.1")
+    assert lines[0]["url"] in set(url_list.column("url").to_pylist())
+    assert lines[0]["download"]["status"] == "success"
+    assert lines[0]["sha256"] == record["sha256"]
+    assert lines[0]["shard"]["shard"] == shard and lines[0]["retrieval"][0]["mode"] == "balanced"
+    dropped = lines[1]["hash_duplicates_dropped"]
+    assert any(d["reason"] == "exact_duplicate" for d in dropped)
+    assert main(["lineage", "--run-dir", str(cfg.run_dir.root), "no-such-key"]) == 2
