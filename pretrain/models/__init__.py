@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -32,11 +33,13 @@ from pretrain.models.vision_transformer import (
     vit_giant2,
     vit_large,
     vit_small,
+    vit_tiny,
 )
 
 ARCHITECTURES: dict[str, Callable[..., DinoVisionTransformer]] = {
     # Every size given explicitly (tests, custom configs).
     "vit": DinoVisionTransformer,
+    "vit_tiny": vit_tiny,
     "vit_small": vit_small,
     "vit_base": vit_base,
     "vit_large": vit_large,
@@ -129,9 +132,9 @@ def load_backbone(
 
 
 def checkpoint_geometry(state: Mapping[str, torch.Tensor]) -> dict[str, int]:
-    """The constructor settings a backbone state dict fixes by its shapes: ``patch_size``,
-    ``img_size`` (the position-embedding grid it was trained at; other sizes are interpolated at
-    run time) and ``num_register_tokens``. A teacher our pretrainer exported at 112 px loads
+    """The constructor settings a backbone state dict fixes by its shapes and key names:
+    ``patch_size``, ``img_size`` (the position-embedding grid it was trained at; other sizes are
+    interpolated at run time), ``block_chunks`` and ``num_register_tokens``. A teacher our pretrainer exported at 112 px loads
     into the same architecture as one trained at 518 px."""
     found: dict[str, int] = {}
     proj = state.get("patch_embed.proj.weight")
@@ -142,6 +145,10 @@ def checkpoint_geometry(state: Mapping[str, torch.Tensor]) -> dict[str, int]:
             side = math.isqrt(int(pos.shape[1]) - 1)
             if side * side == int(pos.shape[1]) - 1:
                 found["img_size"] = side * found["patch_size"]
+    # Blocks stored flat (``blocks.N.``) or in FSDP-style chunks (``blocks.C.N.``).
+    chunks = {k.split(".")[1] for k in state if re.match(r"blocks\.\d+\.\d+\.", k)}
+    if any(k.startswith("blocks.") for k in state):
+        found["block_chunks"] = len(chunks)
     registers = state.get("register_tokens")
     if registers is not None and registers.ndim == 3:
         found["num_register_tokens"] = int(registers.shape[1])
@@ -160,4 +167,5 @@ __all__ = [
     "vit_giant2",
     "vit_large",
     "vit_small",
+    "vit_tiny",
 ]

@@ -321,6 +321,20 @@ class DinoVisionTransformer(nn.Module):
 # Published sizes (DINOv2 paper, Table 17); defaults otherwise as the official code.
 
 
+def vit_tiny(patch_size: int = 16, num_register_tokens: int = 0, **kwargs: Any):
+    """ViT-Ti: 192-d, 12 blocks, 3 heads (DeiT-Ti's geometry, DINO's smallest; 5.5M parameters):
+    the backbone for pretraining on a CPU in minutes (demos, tests)."""
+    return DinoVisionTransformer(
+        patch_size=patch_size,
+        embed_dim=192,
+        depth=12,
+        num_heads=3,
+        mlp_ratio=4,
+        num_register_tokens=num_register_tokens,
+        **kwargs,
+    )
+
+
 def vit_small(patch_size: int = 16, num_register_tokens: int = 0, **kwargs: Any):
     """ViT-S: 384-d, 12 blocks, 6 heads (22.1M parameters at /14, 518 px)."""
     return DinoVisionTransformer(

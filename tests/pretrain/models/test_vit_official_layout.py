@@ -103,7 +103,7 @@ def test_official_constructor_defaults():
 
 def test_unknown_architecture_and_ffn_are_rejected():
     with pytest.raises(UnknownArchitectureError, match="dinov2_vits14"):
-        build_model("vit_tiny")
+        build_model("vit_nano")
     with pytest.raises(ValueError, match="ffn_layer"):
         _meta("vit", embed_dim=32, depth=1, num_heads=2, ffn_layer="moe")
 
@@ -155,3 +155,20 @@ def test_loader_takes_the_grid_and_patch_size_from_the_checkpoint(tmp_path):
         )
     with pytest.raises(CheckpointFormatError, match="does not fit vit: .*size mismatch"):
         load_backbone(path, arch="vit", **TINY)
+
+
+@pytest.mark.parametrize("chunks", [0, 2])
+def test_loader_takes_block_chunking_from_the_keys(tmp_path, chunks):
+    """Our pretrainer's export (flat ``blocks.N.``) and chunked state dicts both load into an
+    architecture whose own default differs."""
+    torch.manual_seed(0)
+    saved = build_model("vit_tiny", img_size=32, patch_size=8, block_chunks=chunks)
+    path = tmp_path / "tiny.pth"
+    torch.save(saved.state_dict(), path)
+    loaded = load_backbone(path, arch="vit_tiny")
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            loaded.forward_features(x)["x_norm_clstoken"],
+            saved.eval().forward_features(x)["x_norm_clstoken"],
+        )
