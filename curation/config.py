@@ -15,6 +15,8 @@ from typing import Any, TypeVar
 
 import yaml
 
+from curation import storage
+
 T = TypeVar("T")
 
 
@@ -92,7 +94,8 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         raise ConfigError(f"{where}: expected a string, got {value!r}")
     if annotation is Path:
         if isinstance(value, str | Path):
-            return Path(value)
+            # A URI stays one (``Path("s3://b/k")`` would collapse it to ``s3:/b/k``).
+            return storage.as_path(value)
         raise ConfigError(f"{where}: expected a path, got {value!r}")
     if origin is typing.Literal:
         if value in args:
@@ -154,7 +157,7 @@ def to_dict(config: Any) -> dict[str, Any]:
     def plain(value: Any) -> Any:
         if dataclasses.is_dataclass(value):
             return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-        if isinstance(value, Path):
+        if isinstance(value, Path | storage.ObjectPath):
             return str(value)
         if isinstance(value, list | tuple):
             return [plain(v) for v in value]

@@ -24,6 +24,7 @@ import functools
 import os
 import posixpath
 import re
+import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +51,13 @@ def configure(config: StorageConfig | None) -> None:
     if config is not None and config.endpoint_url:
         os.environ["AWS_ENDPOINT_URL"] = config.endpoint_url
         _s3_filesystem.cache_clear()
+
+
+def endpoint_environment() -> dict[str, str]:
+    """This process's store endpoint (``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``), for an engine
+    to hand to workers that started before ``engine.storage`` was applied here. Credentials are
+    not among them: each worker keeps its own environment's."""
+    return {name: os.environ[name] for name in ENDPOINT_ENV if os.environ.get(name)}
 
 
 def scheme_of(path: str | os.PathLike) -> str:
@@ -243,11 +251,25 @@ def delete(path: str | os.PathLike) -> None:
         fs.delete_file(inner)
 
 
+def delete_tree(directory: str | os.PathLike) -> None:
+    """Remove a folder and everything under it (on a store: every object under the prefix)."""
+    target = as_path(directory)
+    if isinstance(target, Path):
+        if target.is_dir():
+            shutil.rmtree(target)
+        return
+    fs, inner = filesystem(target)
+    if fs.get_file_info(inner).type != pafs.FileType.NotFound:
+        fs.delete_dir_contents(inner, missing_dir_ok=True)
+
+
 def copy_tree(source: str | os.PathLike, target: str | os.PathLike) -> int:
     """Copy every file under ``source`` to the same relative name under ``target`` (``aws s3
     sync`` in a few lines); returns how many files were copied."""
     src_fs, src = filesystem(source)
     dst_fs, dst = filesystem(target)
+    if isinstance(as_path(target), Path):  # local disk wants the folder first; stores do not
+        dst_fs.create_dir(dst, recursive=True)
     pafs.copy_files(src, dst, source_filesystem=src_fs, destination_filesystem=dst_fs)
     selector = pafs.FileSelector(src, recursive=True)
     return sum(1 for f in src_fs.get_file_info(selector) if f.type == pafs.FileType.File)
@@ -324,9 +346,9 @@ class ObjectPath:
         return self.is_file() or self.is_dir()
 
     def is_dir(self) -> bool:
+        # One request (a listing of at most one key on S3), however many objects lie below.
         fs, inner = filesystem(self)
-        found = fs.get_file_info(pafs.FileSelector(inner, allow_not_found=True, recursive=True))
-        return any(f.type == pafs.FileType.File for f in found)
+        return fs.get_file_info(inner).type == pafs.FileType.Directory
 
     def mkdir(self, parents: bool = False, exist_ok: bool = False) -> None:
         """Nothing to do: a key's prefix exists once an object is written under it."""

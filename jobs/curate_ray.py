@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(CurationConfig, ns.config, [*ns.overrides, "engine.name=ray"])
         # Inputs and outputs are checked before Ray starts (seconds to minutes on a cluster).
         if cfg.download.url_list is not None:
-            url_list_files(Path(cfg.download.url_list))
+            url_list_files(cfg.download.url_list)
         check_output_folder(cfg.run_dir.root, "run folder (runs_dir/name)")
         if cfg.engine.ray_address is None and os.environ.get("RAY_ADDRESS"):
             cfg = replace(cfg, engine=replace(cfg.engine, ray_address="auto"))

@@ -29,6 +29,7 @@ REQUIRED_UNDER_CI = {
     "faiss": "a core dependency (faiss-cpu)",
     "webdataset": "the [dev] extra",
     "datasets": "the [dev] extra (Hugging Face datasets: reads the Parquet shards back)",
+    "s3fs": "the [s3] / [dev] extras (img2dataset writes downloads to the S3 server with it)",
     "img2dataset": "a core dependency",
     "skimage": "the [dev] extra (scikit-image: the real pictures of the copy-detection tests)",
     "onnxruntime": "the [safety] / [dev] extras (runs the NSFW detector)",

@@ -1,4 +1,9 @@
-"""Arguments shared by job subcommands: ``--config`` overlays, ``key=value`` overrides, engine."""
+"""Arguments shared by job subcommands: ``--config`` overlays, ``key=value`` overrides, engine.
+
+Input and output folders may be local paths or URIs (``s3://bucket/run/embed_sscd``): they are
+parsed with :func:`location` (never ``Path``, which collapses ``s3://b/k`` to ``s3:/b/k``) and
+listed through :mod:`curation.storage`.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +11,16 @@ import argparse
 import os
 from pathlib import Path
 
+from curation import storage
 from curation.config import ConfigError, load_config
 from curation.engines import ENGINES
+
+Location = Path | storage.ObjectPath  # a local path, or a folder or file on an object store
+
+
+def location(text: str) -> Location:
+    """An argparse ``type``: a local path as ``Path``, a URI as an ``ObjectPath``."""
+    return storage.as_path(text)
 
 
 def add_job_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,12 +48,16 @@ def load_job_config(ns: argparse.Namespace):
     return cfg
 
 
-def check_output_folder(path: Path, what: str) -> None:
+def check_output_folder(path: Location | str, what: str) -> None:
     """A :class:`ConfigError` unless ``path`` is a writable folder or could be created as one.
 
     Creates nothing, so a command that fails later leaves no empty folders behind; it exists so
     that an output path under a file or in a read-only place fails before any work, in one line.
+    A folder on an object store is not checked: it exists once its first object is written, and
+    the store answers for permissions then.
     """
+    if storage.is_uri(path):
+        return
     path = Path(path).absolute()
     existing = next(p for p in (path, *path.parents) if p.exists())
     if not existing.is_dir():
@@ -50,17 +67,23 @@ def check_output_folder(path: Path, what: str) -> None:
         raise ConfigError(f"{what} {path} cannot be written: no write permission on {existing}")
 
 
-def input_folder(folder: Path, what: str) -> Path:
-    """``folder`` if it is an existing folder; else an error naming it."""
-    folder = Path(folder)
-    if not folder.exists():
-        raise FileNotFoundError(f"{what} {folder} does not exist")
-    if not folder.is_dir():
+def input_folder(folder: Location | str, what: str) -> Location:
+    """``folder`` if it is an existing folder (on a store: a prefix with objects below it); else an
+    error naming it."""
+    folder = storage.as_path(folder)
+    try:
+        is_file = folder.is_file()
+        is_dir = not is_file and folder.is_dir()  # on a store: one request each
+    except OSError as exc:  # a store that cannot be reached: one line, not a traceback
+        raise FileNotFoundError(f"{what} {folder} cannot be read: {exc}") from exc
+    if is_file:
         raise ConfigError(f"{what} {folder} is a file; give the folder that holds it")
+    if not is_dir:
+        raise FileNotFoundError(f"{what} {folder} does not exist")
     return folder
 
 
-def parquet_files(folder: Path) -> list[Path]:
+def parquet_files(folder: Location | str) -> list[Location]:
     """The ``*.parquet`` shards of ``folder`` in name order; an error if there are none."""
     paths = sorted(input_folder(folder, "input folder").glob("*.parquet"))
     if not paths:
@@ -68,7 +91,7 @@ def parquet_files(folder: Path) -> list[Path]:
     return paths
 
 
-def tar_files(folder: Path) -> list[Path]:
+def tar_files(folder: Location | str) -> list[Location]:
     """The ``*.tar`` shards of ``folder`` in name order; an error if there are none."""
     paths = sorted(input_folder(folder, "tar folder").glob("*.tar"))
     if not paths:
@@ -76,7 +99,7 @@ def tar_files(folder: Path) -> list[Path]:
     return paths
 
 
-def shard_inputs(cfg, images: Path | None, shards: Path | None) -> list[Path] | None:
+def shard_inputs(cfg, images: Path | None, shards: Location | None) -> list[Location] | None:
     """Input shards named on the command line: a folder of images (packed into the run first) or
     a folder of ENCODED_IMAGE parquet shards (each checked before any work starts); None when
     neither was given (the stage reads its run's own)."""

@@ -5,9 +5,16 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
-from curation.commands.common import add_job_arguments, input_folder, load_job_config, parquet_files
+from curation import storage
+from curation.commands.common import (
+    Location,
+    add_job_arguments,
+    input_folder,
+    load_job_config,
+    location,
+    parquet_files,
+)
 
 
 def register(sub) -> None:
@@ -23,9 +30,11 @@ def register(sub) -> None:
         "otherwise (dedup.use_calibration=false ignores it); else cosine > 0.6. The stats say "
         "which score and threshold were used and where they came from.",
     )
-    parser.add_argument("--embeddings", type=Path, help="folder of EMBEDDING shards of the pool")
     parser.add_argument(
-        "--records", type=Path, help="folder of the pool's IMAGE_RECORD shards (pixel counts)"
+        "--embeddings", type=location, help="folder of EMBEDDING shards of the pool"
+    )
+    parser.add_argument(
+        "--records", type=location, help="folder of the pool's IMAGE_RECORD shards (pixel counts)"
     )
     parser.add_argument(
         "--eval",
@@ -40,18 +49,18 @@ def register(sub) -> None:
     parser.set_defaults(func=run)
 
 
-def eval_argument(value: str) -> tuple[str, Path]:
+def eval_argument(value: str) -> tuple[str, Location]:
     from curation.config import ConfigError
     from curation.safe_names import UnsafeNameError, check_component
 
     name, sep, folder = value.partition("=")
     if not sep:
-        name, folder = Path(value).name, value
+        name, folder = location(value).name, value
     try:
         check_component(name, "evaluation set name")
     except UnsafeNameError as exc:
         raise ConfigError(str(exc)) from None
-    return name, input_folder(Path(folder), f"evaluation set {name!r}")
+    return name, input_folder(folder, f"evaluation set {name!r}")
 
 
 def run(ns: argparse.Namespace) -> int:
@@ -68,7 +77,7 @@ def run(ns: argparse.Namespace) -> int:
     with build_engine(cfg.engine) as engine:
         eval_sets = {}
         for name, folder in evals.items():
-            if list_image_files(folder):
+            if not storage.is_uri(folder) and list_image_files(folder):
                 inputs = pack_folder(cfg, folder, into=f"embed_eval_{name}_inputs")
                 run_embed(cfg, engine, inputs, stage=f"embed_eval_{name}")
                 eval_sets[name] = cfg.run_dir.stage(f"embed_eval_{name}").outputs()

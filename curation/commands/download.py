@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
-from curation.commands.common import add_job_arguments, load_job_config
+from curation.commands.common import add_job_arguments, load_job_config, location
 from curation.config import ConfigError, load_config
 
 
@@ -18,7 +17,9 @@ def register(sub) -> None:
         "setting is a download.<field>=value override (see curation/download/config.py).",
     )
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--url-list", type=Path, help="parquet/csv/tsv/jsonl(.gz) file or folder")
+    source.add_argument(
+        "--url-list", type=location, help="parquet/csv/tsv/jsonl(.gz) file or folder (or URI)"
+    )
     source.add_argument(
         "--retry-failed", metavar="RUN", help="re-download the failed samples of run RUN"
     )

@@ -6,7 +6,13 @@ import argparse
 import json
 from pathlib import Path
 
-from curation.commands.common import add_job_arguments, load_job_config, parquet_files, tar_files
+from curation.commands.common import (
+    add_job_arguments,
+    load_job_config,
+    location,
+    parquet_files,
+    tar_files,
+)
 
 
 def register(sub) -> None:
@@ -18,10 +24,14 @@ def register(sub) -> None:
         "embed.scales=[128,160,224] ... (see curation/stages/embed.py, EmbedConfig).",
     )
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--input", type=Path, help="folder of IMAGE_RECORD or ENCODED_IMAGE shards")
+    source.add_argument(
+        "--input", type=location, help="folder of IMAGE_RECORD or ENCODED_IMAGE shards"
+    )
     source.add_argument("--images", type=Path, help="folder of image files (a seed or eval set)")
-    source.add_argument("--tars", type=Path, help="folder of webdataset .tar shards")
-    source.add_argument("--parquet", type=Path, help="folder of .parquet files with key + image")
+    source.add_argument("--tars", type=location, help="folder of webdataset .tar shards")
+    source.add_argument(
+        "--parquet", type=location, help="folder of .parquet files with key + image"
+    )
     parser.add_argument(
         "--stage",
         help="output folder under the run (default: embed_sscd, or embed_retrieval for ViTs)",

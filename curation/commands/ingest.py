@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from curation.commands.common import add_job_arguments, load_job_config, shard_inputs
+from curation.commands.common import add_job_arguments, load_job_config, location, shard_inputs
 
 
 def register(sub) -> None:
@@ -17,7 +17,7 @@ def register(sub) -> None:
         "ingest/, dedup_exact/, phash/, dedup_near/ and unique_images/ under runs/<name>/.",
     )
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--input", type=Path, help="folder of ENCODED_IMAGE parquet shards")
+    source.add_argument("--input", type=location, help="folder of ENCODED_IMAGE parquet shards")
     source.add_argument("--images", type=Path, help="folder of image files to pack first")
     parser.add_argument("--face-blur", action="store_true", help="blur detected faces")
     add_job_arguments(parser)

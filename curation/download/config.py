@@ -7,13 +7,17 @@ fields a resume must not change (see :mod:`curation.download.plan`).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from curation import storage
 from curation.config import check_choices
 from curation.download.network_guard import parse_networks
 from curation.imaging import DEFAULT_MAX_PIXELS
+
+StoragePath = Path | storage.ObjectPath  # a local folder, or one on an object store
 
 # X-Robots-Tag directives that opt an image out of AI training or indexing (img2dataset's default).
 OPT_OUT_DIRECTIVES = ("noai", "noimageai", "noindex", "noimageindex")
@@ -124,10 +128,13 @@ class DownloadLayout:
 
     A download folder of the older layout (``samples/``, ``raw/``, ``encoded/``, ``retries/``,
     ``config.yaml``) is read and resumed in place.
+
+    The root may be a local path or a URI (``s3://bucket/runs/<name>/download``): every path here
+    is then an :class:`~curation.storage.ObjectPath` (see :mod:`curation.storage`).
     """
 
-    def __init__(self, root: Path):
-        self.root = Path(root)
+    def __init__(self, root: str | os.PathLike):
+        self.root = storage.as_path(root)
         legacy = (self.root / "samples").is_dir()
         self.urls = self.root / "_urls"
         self.raw = self.root / ("raw" if legacy else "_raw")
@@ -136,14 +143,14 @@ class DownloadLayout:
         self.markers = self.root / "_shards"
         self.retries = self.root / ("retries" if legacy else "_retries")
 
-    def part(self, directory: Path, shard_id: int) -> Path:
+    def part(self, directory: StoragePath, shard_id: int) -> StoragePath:
         return directory / f"part-{shard_id:05d}.parquet"
 
-    def marker(self, shard_id: int) -> Path:
+    def marker(self, shard_id: int) -> StoragePath:
         return self.markers / f"part-{shard_id:05d}.json"
 
-    def sample_parts(self) -> list[Path]:
+    def sample_parts(self) -> list[StoragePath]:
         return sorted(self.samples.glob("*.parquet"))
 
-    def encoded_parts(self) -> list[Path]:
+    def encoded_parts(self) -> list[StoragePath]:
         return sorted(self.encoded.glob("part-*.parquet"))

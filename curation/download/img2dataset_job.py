@@ -6,18 +6,25 @@ img2dataset has no hook for address checks, so for the duration of the call
 connection guard in each worker) and its ``LoggerProcess`` as one that dies with the driver
 (and that we stop ourselves if img2dataset raises before joining it). The distributor
 (``multiprocessing``, ``ray``, ``pyspark``) is the engine's ``img2dataset_distributor``.
+
+The output folder may be a URI: img2dataset opens its outputs through fsspec, so a store needs that
+scheme's fsspec package (s3fs for ``s3://``: the ``[s3]`` extra), checked before any work by
+:func:`check_output_filesystem`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib
 import logging
 import os
 import signal
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from curation import storage
 from curation.config import ConfigError
 from curation.download.config import DownloadConfig, needs_decode
 from curation.download.kill_points import kill_point
@@ -27,6 +34,40 @@ from curation.download.url_lists import column_in_plan
 logger = logging.getLogger(__name__)
 
 SHARD_LOCK = ".shards.lock"
+# The fsspec package each store's scheme needs, and the lvd extra that installs it.
+FSSPEC_PACKAGES = {"s3": ("s3fs", "s3"), "s3a": ("s3fs", "s3"), "gs": ("gcsfs", None)}
+
+
+def check_output_filesystem(output_dir: str | os.PathLike) -> None:
+    """A :class:`ConfigError` naming what to install if img2dataset (fsspec) cannot write to
+    ``output_dir``'s store; nothing for local folders."""
+    if not storage.is_uri(output_dir):
+        return
+    import fsspec
+
+    scheme = storage.scheme_of(output_dir)
+    try:
+        fsspec.get_filesystem_class(scheme)
+    except (ImportError, ValueError) as exc:
+        if scheme not in FSSPEC_PACKAGES:
+            reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+            raise ConfigError(
+                f"img2dataset writes through fsspec, which cannot open {scheme}:// ({reason})"
+            ) from exc
+        package, extra = FSSPEC_PACKAGES[scheme]
+        hint = f"pip install 'lvd[{extra}]'" if extra else f"pip install {package}"
+        raise ConfigError(
+            f"img2dataset writes {scheme}:// through fsspec, which needs {package} ({hint})"
+        ) from exc
+
+
+def shard_lock_path(output_dir: str | os.PathLike) -> Path:
+    """The lock file that orphan download workers hold: beside a local output folder, or, for a
+    folder on a store (no file locks there), in this machine's temp folder, named by the URI."""
+    if storage.is_uri(output_dir):
+        digest = hashlib.sha256(str(output_dir).encode()).hexdigest()[:16]
+        return Path(tempfile.gettempdir()) / "lvd-download-locks" / f"{digest}{SHARD_LOCK}"
+    return Path(storage.as_path(output_dir)).parent / SHARD_LOCK
 
 
 def _usable_cpus() -> int:
@@ -136,8 +177,8 @@ def _guarded_downloader(
 
 
 def run_img2dataset(
-    url_dir: Path,
-    output_dir: Path,
+    url_dir: str | os.PathLike,
+    output_dir: str | os.PathLike,
     settings: DownloadConfig,
     *,
     distributor: str,
@@ -156,7 +197,7 @@ def run_img2dataset(
     if distributor == "multiprocessing":  # workers on this machine: a file lock reaches them
         from curation.download.guarded_downloader import wait_for_orphan_workers
 
-        shard_lock = Path(output_dir).parent / SHARD_LOCK
+        shard_lock = shard_lock_path(output_dir)
         wait_for_orphan_workers(shard_lock)
     previous_sigint = signal.getsignal(signal.SIGINT)
     # Spawned workers inherit the environment: OpenCV reads its decode limit at import.

@@ -14,14 +14,15 @@ from __future__ import annotations
 
 import logging
 import math
-import shutil
+import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from curation import storage
 from curation.config import ConfigError
+from curation.download.config import StoragePath
 from curation.download.hosts import round_robin_order, url_host
 from curation.download.network_guard import NetworkPolicy, check_urls
 from curation.io import read_json, write_bytes_atomic, write_json_atomic, write_parquet_atomic
@@ -52,7 +53,7 @@ def row_index(key: str, samples_per_shard: int) -> int:
 
 @dataclass(frozen=True)
 class UrlPlan:
-    directory: Path
+    directory: StoragePath
     samples_per_shard: int
     n_fetch_shards: int
     n_rows: int
@@ -60,14 +61,14 @@ class UrlPlan:
     extra_columns: tuple[str, ...]
 
     @property
-    def fetch_dir(self) -> Path:
+    def fetch_dir(self) -> StoragePath:
         return self.directory / "fetch"
 
     @property
-    def blocked_file(self) -> Path:
+    def blocked_file(self) -> StoragePath:
         return self.directory / "blocked.parquet"
 
-    def fetch_file(self, shard_id: int) -> Path:
+    def fetch_file(self, shard_id: int) -> StoragePath:
         return self.fetch_dir / f"{shard_id:0{SHARD_DIGITS}d}.parquet"
 
 
@@ -92,7 +93,7 @@ def _refused_rows(table: pa.Table, refusals: list, first_shard: int, per_shard: 
 
 
 def build_plan(
-    directory: Path,
+    directory: str | os.PathLike,
     table: pa.Table,
     *,
     samples_per_shard: int,
@@ -103,9 +104,8 @@ def build_plan(
     """Check, order and shard ``table`` (url, caption, extras) into ``directory``; see module doc."""
     if samples_per_shard < 1:
         raise ConfigError(f"download.number_sample_per_shard must be >= 1, got {samples_per_shard}")
-    directory = Path(directory)
-    if directory.exists():
-        shutil.rmtree(directory)  # an unfinished plan: nothing was fetched from it yet
+    directory = storage.as_path(directory)
+    storage.delete_tree(directory)  # an unfinished plan: nothing was fetched from it yet
     urls = table.column("url").to_pylist()
     refusals = check_urls(urls, policy)
     refused = pa.array([r is not None for r in refusals], pa.bool_())
@@ -146,10 +146,10 @@ def build_plan(
     return load_plan(directory)
 
 
-def load_plan(directory: Path) -> UrlPlan | None:
+def load_plan(directory: str | os.PathLike) -> UrlPlan | None:
     """The finished plan in ``directory``, or None."""
-    directory = Path(directory)
-    if not (directory / SUCCESS).is_file():
+    directory = storage.as_path(directory)
+    if not storage.exists(directory / SUCCESS):
         return None
     info = read_json(directory / PLAN_FILE)
     return UrlPlan(
@@ -162,9 +162,10 @@ def load_plan(directory: Path) -> UrlPlan | None:
     )
 
 
-def check_signature(directory: Path, signature: dict) -> None:
+def check_signature(directory: str | os.PathLike, signature: dict) -> None:
     """Raise :class:`DownloadResumeError` if the plan in ``directory`` was made differently."""
-    saved = read_json(Path(directory) / PLAN_FILE)["signature"]
+    directory = storage.as_path(directory)
+    saved = read_json(directory / PLAN_FILE)["signature"]
     changed = sorted(k for k in set(saved) | set(signature) if saved.get(k) != signature.get(k))
     if changed:
         details = "; ".join(f"{k}: was {saved.get(k)!r}, now {signature.get(k)!r}" for k in changed)

@@ -6,19 +6,22 @@ URL, and, last, ``NNNNN_stats.json``. A shard is finished iff its stats file par
 ``samples/part-NNNNN.parquet`` (DOWNLOADED_SAMPLE: every URL with its status) and
 ``encoded/part-NNNNN.parquet`` (ENCODED_IMAGE: each downloaded image by tar path, data offset and
 size; bytes inline for the parquet format), then a marker, so conversion resumes too.
+
+The raw folder may be on an object store (img2dataset writes there through fsspec): its files are
+listed and read through :mod:`curation.storage`, and a tar there is indexed in one streamed read.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 from collections import Counter
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
+from curation import storage
 from curation.download.config import DownloadLayout
 from curation.download.kill_points import kill_point
 from curation.download.network_guard import STATUS_BLOCKED, STATUS_RESPONSE_TOO_LARGE
@@ -41,13 +44,24 @@ def shard_stem(shard_id: int) -> str:
     return f"{shard_id:0{SHARD_DIGITS}d}"
 
 
-def finished_shards(raw_dir: Path, output_format: str, *, repair: bool = True) -> set[int]:
+def finished_shards(
+    raw_dir: str | os.PathLike,
+    output_format: str,
+    *,
+    repair: bool = True,
+    known: frozenset[int] = frozenset(),
+) -> set[int]:
     """Shards img2dataset finished. With ``repair`` (never while img2dataset runs), a stats file
     that does not parse or whose data files are missing (a kill while it was written) is removed,
-    so that img2dataset redoes that shard."""
+    so that img2dataset redoes that shard. Shards in ``known`` (already seen finished by a caller
+    that polls) are taken as finished without rereading their files: on a store, one listing per
+    poll instead of three requests per shard."""
     done = set()
-    for stats in sorted(Path(raw_dir).glob("*_stats.json")):
+    for stats in storage.list_files(raw_dir, "*_stats.json"):
         stem = stats.name[: -len("_stats.json")]
+        if stem.isdigit() and int(stem) in known:
+            done.add(int(stem))
+            continue
         data = stats.with_name(
             f"{stem}.tar" if output_format == "webdataset" else f"{stem}.parquet"
         )
@@ -92,7 +106,7 @@ def convert_shard(
 ) -> dict:
     """Write the samples and encoded parts of a finished raw shard; returns its status counts."""
     stem = shard_stem(shard_id)
-    meta = pq.read_table(layout.raw / f"{stem}.parquet")
+    meta = storage.read_table(layout.raw / f"{stem}.parquet")
     meta = meta.sort_by("key")  # img2dataset writes in completion order
     status = map_status(meta.column("status"), meta.column("error_message"))
     success = pc.equal(status, STATUS_SUCCESS)
@@ -113,7 +127,7 @@ def convert_shard(
             status_list[i] = STATUS_MISSING_IN_SHARD
             errors[i] = f"{member[i]} is not in {source.name}"
             success_list[i] = False
-    source_file = [str(source.resolve()) if ok else None for ok in success_list]
+    source_file = [storage.absolute(source) if ok else None for ok in success_list]
     samples = pa.table(
         {
             "key": meta.column("key"),

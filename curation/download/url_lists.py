@@ -1,4 +1,5 @@
-"""Read URL lists: Parquet, CSV, TSV or JSON lines (each optionally gzipped), one file or a folder.
+"""Read URL lists: Parquet, CSV, TSV or JSON lines (each optionally gzipped), one file or a folder,
+on local disk or an object store (``s3://bucket/urls/``: read through :mod:`curation.storage`).
 
 The result has a ``url`` column (strings, never null), a ``caption`` column (strings or nulls) and,
 if asked, the list's other columns, renamed where img2dataset reserves their names.
@@ -8,14 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from pathlib import Path
+import os
+from pathlib import PurePosixPath
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.json as pajson
-import pyarrow.parquet as pq
 
+from curation import storage
 from schemas import SchemaError
 
 logger = logging.getLogger(__name__)
@@ -48,9 +50,9 @@ def column_in_plan(name: str) -> str:
     return f"extra_{name}" if name in RESERVED_COLUMNS else name
 
 
-def list_format(path: Path) -> str | None:
+def list_format(path: str | os.PathLike) -> str | None:
     """``parquet``, ``csv``, ``tsv`` or ``jsonl`` from the suffix (``.gz`` allowed), else None."""
-    suffixes = [s.lower() for s in Path(path).suffixes]
+    suffixes = [s.lower() for s in PurePosixPath(storage.as_path(path).name).suffixes]
     if suffixes and suffixes[-1] == ".gz":
         suffixes = suffixes[:-1]
     if not suffixes or suffixes[-1].lstrip(".") not in FORMATS:
@@ -59,11 +61,11 @@ def list_format(path: Path) -> str | None:
     return "jsonl" if fmt == "json" else fmt
 
 
-def url_list_files(path: Path) -> list[Path]:
+def url_list_files(path: str | os.PathLike) -> list:
     """The URL list files at ``path``: the file itself, or the supported files of a folder."""
-    path = Path(path)
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and list_format(p))
+    path = storage.as_path(path)
+    if not path.is_file() and path.is_dir():
+        files = [p for p in storage.list_files(path) if list_format(p)]
         if not files:
             raise FileNotFoundError(f"no URL list files ({', '.join(FORMATS)}) in {path}")
         return files
@@ -74,23 +76,27 @@ def url_list_files(path: Path) -> list[Path]:
     return [path]
 
 
-def fingerprint(files: list[Path]) -> list[dict]:
+def fingerprint(files: list) -> list[dict]:
     """Name, size and sha256 of each file: what a resume compares to know the list is unchanged."""
     out = []
     for file in files:
         digest = hashlib.sha256()
-        with open(file, "rb") as fh:
+        size = 0
+        with storage.open_input(file) as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 digest.update(block)
-        out.append({"name": file.name, "size": file.stat().st_size, "sha256": digest.hexdigest()})
+                size += len(block)
+        out.append({"name": file.name, "size": size, "sha256": digest.hexdigest()})
     return out
 
 
-def _read_file(path: Path) -> pa.Table:
+def _read_file(path) -> pa.Table:
     fmt = list_format(path)
     if fmt == "parquet":
-        return pq.read_table(path)
-    with pa.input_stream(str(path), compression="detect") as stream:
+        return storage.read_table(path)
+    fs, inner = storage.filesystem(path)
+    compression = "gzip" if str(path).lower().endswith(".gz") else None
+    with fs.open_input_stream(inner, compression=compression) as stream:
         if fmt == "csv":
             return pacsv.read_csv(stream)
         if fmt == "tsv":
@@ -103,7 +109,7 @@ def _as_strings(column: pa.ChunkedArray) -> pa.ChunkedArray:
 
 
 def read_url_list(
-    path: Path,
+    path: str | os.PathLike,
     *,
     url_col: str = "url",
     caption_col: str | None = "caption",

@@ -45,7 +45,7 @@ class _ShardWorker:
 def _storage_runtime_env() -> dict:
     """The object-store endpoint for the actors (workers of an already running Ray did not see
     this process's ``engine.storage``); credentials stay with each worker's own environment."""
-    env = {k: os.environ[k] for k in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3") if k in os.environ}
+    env = storage.endpoint_environment()
     return {"runtime_env": {"env_vars": env}} if env else {}
 
 

@@ -2,6 +2,13 @@
 
 The output schema of ``mapInArrow`` is derived from our pyarrow schema (:func:`to_spark_schema`).
 Runs ``local[*]`` when started from plain Python, and on whatever master ``spark-submit`` gives.
+
+Object storage: Spark reaches ``s3://`` (and every other store) through pyarrow inside the tasks,
+not through the Hadoop S3A connector. Each task reads its input shard and writes its output and
+marker with :mod:`curation.storage`, exactly as the local and Ray engines do, so no Hadoop jars or
+``spark.hadoop.fs.s3a.*`` settings are needed. The driver's endpoint (``engine.storage``) travels
+with each task; credentials come from the executors' own environment (``spark.executorEnv.*``, an
+instance role) or the standard AWS config files.
 """
 
 from __future__ import annotations
@@ -86,8 +93,10 @@ def get_spark_session(master: str | None = None, app_name: str = "lvd", conf: di
     return builder.getOrCreate()
 
 
-def _shard_partition(spec: StageSpec):
+def _shard_partition(spec: StageSpec, storage_env: dict[str, str]):
     def run(batches):
+        # Python workers outlive sessions and may predate engine.storage: give them its endpoint.
+        os.environ.update(storage_env)
         stage = None
         for batch in batches:
             if batch.num_rows == 0:
@@ -152,7 +161,10 @@ class SparkEngine(Engine):
         frame = self.spark.createDataFrame(
             rows, schema="input_path string, output_path string, marker_path string"
         ).repartition(len(rows))
-        result = frame.mapInArrow(_shard_partition(spec), to_spark_schema(SHARD_RESULT_SCHEMA))
+        result = frame.mapInArrow(
+            _shard_partition(spec, storage.endpoint_environment()),
+            to_spark_schema(SHARD_RESULT_SCHEMA),
+        )
         collected = [row.asDict() for row in result.collect()]
         logger.info("spark engine: %d shard(s)", len(collected))
         return collected

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from curation import storage
 from curation.download.config import DownloadConfig
 from curation.engines import EngineConfig
 from curation.rundir import RunDir
@@ -83,4 +84,4 @@ class CurationConfig:
 
     @property
     def run_dir(self) -> RunDir:
-        return RunDir(Path(self.runs_dir) / self.name)
+        return RunDir(storage.join(self.runs_dir, self.name))  # a URI stays a URI

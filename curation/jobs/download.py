@@ -13,6 +13,14 @@ A job over all shards, distributed by img2dataset itself through the distributor
 
 ``run_retry_failed`` re-downloads only failed samples and merges them back under their own keys
 (:mod:`curation.download.retry`).
+
+On object storage (``runs_dir=s3://bucket/runs``, any fsspec filesystem) img2dataset writes its
+shards straight to the store: it opens every output through fsspec (``pip install 'lvd[s3]'`` for
+``s3://``, which brings s3fs), so its workers, wherever the distributor runs them, need no disk
+shared with the driver. A shard's tar and metadata are whole objects before its ``_stats.json``
+appears (img2dataset writes that last), so "finished" keeps its meaning on a store; the rest of the
+layout (plan, conversion, markers) goes through :mod:`curation.storage`. Staging on local disk and
+uploading finished shards would only work while every worker runs on the driver's machine.
 """
 
 from __future__ import annotations
@@ -21,14 +29,18 @@ import logging
 import threading
 import time
 from collections import Counter
-from pathlib import Path
 
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
+from curation import storage
 from curation.config import ConfigError
-from curation.download.config import DownloadConfig, DownloadLayout, resume_signature
-from curation.download.img2dataset_job import run_img2dataset
+from curation.download.config import (
+    DownloadConfig,
+    DownloadLayout,
+    StoragePath,
+    resume_signature,
+)
+from curation.download.img2dataset_job import check_output_filesystem, run_img2dataset
 from curation.download.network_guard import NetworkPolicy
 from curation.download.plan import UrlPlan, build_plan, check_signature, load_plan
 from curation.download.shards import STATUS_SUCCESS, convert_shard, finished_shards
@@ -67,25 +79,37 @@ def download_layout(cfg: CurationConfig) -> DownloadLayout:
     return DownloadLayout(cfg.run_dir.stage(STAGE).path)
 
 
-def encoded_image_shards(cfg: CurationConfig) -> list[Path]:
+def encoded_image_shards(cfg: CurationConfig) -> list[StoragePath]:
     """The ENCODED_IMAGE parts of a finished download: the input of ingest."""
     return download_layout(cfg).encoded_parts()
 
 
-def downloaded_sample_shards(cfg: CurationConfig) -> list[Path]:
+def downloaded_sample_shards(cfg: CurationConfig) -> list[StoragePath]:
     """The DOWNLOADED_SAMPLE parts: every URL with its final download status."""
     return download_layout(cfg).sample_parts()
 
 
 def _convert_finished(
-    layout: DownloadLayout, wanted: set[int], settings: DownloadConfig, *, repair: bool
+    layout: DownloadLayout,
+    wanted: set[int],
+    settings: DownloadConfig,
+    *,
+    repair: bool,
+    converted: set[int] | None = None,
 ) -> int:
-    """Convert the finished, not yet converted shards; returns their successful downloads."""
+    """Convert the finished, not yet converted shards; returns their successful downloads.
+    ``converted``, kept by a caller that polls, grows with each shard found converted, so later
+    polls neither reread those shards' files nor ask for their markers again."""
+    converted = set() if converted is None else converted
     successes = 0
-    for shard_id in sorted(finished_shards(layout.raw, settings.output_format, repair=repair)):
-        if shard_id in wanted and not layout.marker(shard_id).is_file():
+    finished = finished_shards(
+        layout.raw, settings.output_format, repair=repair, known=frozenset(converted)
+    )
+    for shard_id in sorted(finished & wanted - converted):
+        if not layout.marker(shard_id).is_file():
             counts = convert_shard(layout, shard_id, settings.output_format, settings.encode_format)
             successes += counts.get(STATUS_SUCCESS, 0)
+        converted.add(shard_id)
     return successes
 
 
@@ -98,11 +122,14 @@ class _BackgroundConverter(threading.Thread):
         self.args = (layout, wanted, settings)
         self.stopping = threading.Event()
         self.successes = 0
+        self.converted: set[int] = set()
 
     def run(self) -> None:
         while not self.stopping.wait(CONVERT_POLL_SECONDS):
             try:
-                self.successes += _convert_finished(*self.args, repair=False)
+                self.successes += _convert_finished(
+                    *self.args, repair=False, converted=self.converted
+                )
             except Exception:  # noqa: BLE001 - retried by the final pass, which raises
                 logger.debug("background conversion failed; the final pass retries", exc_info=True)
 
@@ -147,7 +174,7 @@ def count_statuses(layout: DownloadLayout) -> tuple[Counter, Counter]:
     statuses: Counter = Counter()
     errors: Counter = Counter()
     for part in layout.sample_parts():
-        table = pq.read_table(part, columns=["status", "error_message"])
+        table = storage.read_table(part, columns=["status", "error_message"])
         for item in pc.value_counts(table.column("status")).to_pylist():
             statuses[item["values"]] += item["counts"]
         failed = table.filter(pc.not_equal(table.column("status"), STATUS_SUCCESS))
@@ -184,9 +211,10 @@ def run_download(cfg: CurationConfig, engine: Engine) -> dict:
     if not settings.url_list:
         raise ConfigError("download.url_list is not set; pass --url-list or download.url_list=PATH")
     layout = download_layout(cfg)
+    check_output_filesystem(layout.raw)
     stage = cfg.run_dir.stage(STAGE)
     signature = {
-        "url_list": fingerprint(url_list_files(Path(settings.url_list))),
+        "url_list": fingerprint(url_list_files(settings.url_list)),
         **resume_signature(settings),
     }
     plan = load_plan(layout.urls)
@@ -203,7 +231,7 @@ def run_download(cfg: CurationConfig, engine: Engine) -> dict:
     stage.save_config(cfg)
     if plan is None:
         table = read_url_list(
-            Path(settings.url_list),
+            settings.url_list,
             url_col=settings.url_col,
             caption_col=settings.caption_col,
             keep_extra_columns=settings.keep_extra_columns,
@@ -219,7 +247,7 @@ def run_download(cfg: CurationConfig, engine: Engine) -> dict:
             signature=signature,
         )
     successes = fetch_and_convert(layout, plan, settings, distributor)
-    blocked = pq.read_table(plan.blocked_file)
+    blocked = storage.read_table(plan.blocked_file)
     write_parquet_atomic(layout.samples / BLOCKED_PART, blocked, DOWNLOADED_SAMPLE_SCHEMA)
     seconds = time.perf_counter() - start
     stats = write_download_stats(
@@ -244,6 +272,12 @@ def run_retry_failed(cfg: CurationConfig, engine: Engine) -> dict:
     from curation.download.retry import retry_failed
 
     layout = download_layout(cfg)
+    if storage.is_uri(layout.root):
+        # The merge rewrites tars in place with tarfile and renames: local disk only, for now.
+        raise ConfigError(
+            f"--retry-failed runs on local disk only; {layout.root} is on an object store "
+            "(sync the run folder to disk, retry there, and sync it back)"
+        )
     stage = cfg.run_dir.stage(STAGE)
     if not stage.is_complete():
         raise ConfigError(

@@ -58,7 +58,7 @@ def check_input_shards(paths: list[Path], kinds: tuple[str, ...]) -> list[Path]:
     :data:`IMAGE_INPUT_SCHEMAS`); else a :class:`SchemaError` naming the first that is not, so a
     command refuses bad user input before any work starts."""
     for path in paths:
-        kind = input_kind(Path(path))
+        kind = input_kind(storage.as_path(path))
         if kind not in kinds:
             raise SchemaError(
                 f"{path}: holds {kind.upper()} rows; expected {' or '.join(k.upper() for k in kinds)}"
@@ -70,11 +70,11 @@ def conform_parquet_inputs(paths: list[Path], out_dir: Path) -> list[Path]:
     """User Parquet files (``key`` + ``image`` bytes, other columns optional) as ENCODED_IMAGE
     shards; files that already hold one of our input schemas are used in place."""
     shards = []
-    for path in sorted(Path(p) for p in paths):
+    for path in sorted(storage.as_path(p) for p in paths):
         if _kind(read_shard_schema(path)) is not None:
             shards.append(path)
             continue
-        target = Path(out_dir) / f"{path.stem}.parquet"
+        target = storage.as_path(out_dir) / f"{path.stem}.parquet"
         if not target.is_file():
             try:
                 table = conform(storage.read_table(path), ENCODED_IMAGE_SCHEMA)
@@ -95,8 +95,8 @@ def webdataset_key(member: str) -> str:
 def index_webdataset_tars(tars: list[Path], out_dir: Path) -> list[Path]:
     """One ENCODED_IMAGE shard per tar, bytes left in the tar (``image`` null, offsets set)."""
     shards = []
-    for number, tar in enumerate(sorted(Path(t).resolve() for t in tars)):
-        target = Path(out_dir) / f"part-{number:05d}.parquet"
+    for number, tar in enumerate(sorted(storage.absolute(t) for t in tars)):
+        target = storage.as_path(out_dir) / f"part-{number:05d}.parquet"
         shards.append(target)
         if target.is_file():
             continue

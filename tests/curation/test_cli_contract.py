@@ -31,6 +31,7 @@ import pytest
 from PIL import Image
 
 from curation.cli import build_parser, main
+from curation.commands.common import location
 from schemas import IMAGE_RECORD_SCHEMA
 
 REPO = Path(__file__).resolve().parents[2]
@@ -489,7 +490,7 @@ def test_every_subcommand_and_path_option_has_a_row():
         assert name in commands, f"`lvd {name}` has no row in the CLI contract table"
         flags = {a for item in ROWS if item.command == name for a in item.argv}
         for action in parser._actions:
-            if action.type is Path and action.option_strings:
+            if action.type in (Path, location) and action.option_strings:
                 flag = action.option_strings[-1]
                 if flag not in SHARED_PATH_OPTIONS:
                     assert flag in flags, f"`lvd {name} {flag}` has no row in the table"
