@@ -131,12 +131,13 @@ def load_backbone(
     return model
 
 
-def checkpoint_geometry(state: Mapping[str, torch.Tensor]) -> dict[str, int]:
+def checkpoint_geometry(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
     """The constructor settings a backbone state dict fixes by its shapes and key names:
     ``patch_size``, ``img_size`` (the position-embedding grid it was trained at; other sizes are
-    interpolated at run time), ``block_chunks`` and ``num_register_tokens``. A teacher our pretrainer exported at 112 px loads
+    interpolated at run time), ``block_chunks``, LayerScale (``init_values``) and
+    ``num_register_tokens``. A teacher our pretrainer exported at 112 px loads
     into the same architecture as one trained at 518 px."""
-    found: dict[str, int] = {}
+    found: dict[str, Any] = {}
     proj = state.get("patch_embed.proj.weight")
     pos = state.get("pos_embed")
     if proj is not None and proj.ndim == 4:
@@ -149,6 +150,11 @@ def checkpoint_geometry(state: Mapping[str, torch.Tensor]) -> dict[str, int]:
     chunks = {k.split(".")[1] for k in state if re.match(r"blocks\.\d+\.\d+\.", k)}
     if any(k.startswith("blocks.") for k in state):
         found["block_chunks"] = len(chunks)
+    # LayerScale gammas are parameters: present iff the model was built with init_values.
+    if any(k.endswith(".ls1.gamma") for k in state):
+        found["init_values"] = 1.0  # any value: the checkpoint's gammas replace it
+    elif any(k.startswith("blocks.") for k in state):
+        found["init_values"] = None
     registers = state.get("register_tokens")
     if registers is not None and registers.ndim == 3:
         found["num_register_tokens"] = int(registers.shape[1])

@@ -159,10 +159,12 @@ def test_loader_takes_the_grid_and_patch_size_from_the_checkpoint(tmp_path):
 
 @pytest.mark.parametrize("chunks", [0, 2])
 def test_loader_takes_block_chunking_from_the_keys(tmp_path, chunks):
-    """Our pretrainer's export (flat ``blocks.N.``) and chunked state dicts both load into an
-    architecture whose own default differs."""
+    """Our pretrainer's export (flat ``blocks.N.``, LayerScale on) and chunked state dicts both
+    load into an architecture whose own defaults differ (chunked, no LayerScale)."""
     torch.manual_seed(0)
-    saved = build_model("vit_tiny", img_size=32, patch_size=8, block_chunks=chunks)
+    saved = build_model(
+        "vit_tiny", img_size=32, patch_size=8, block_chunks=chunks, init_values=1e-5
+    )
     path = tmp_path / "tiny.pth"
     torch.save(saved.state_dict(), path)
     loaded = load_backbone(path, arch="vit_tiny")
