@@ -1,4 +1,6 @@
-"""Ray job: the curation pipeline on a Ray cluster (or a local Ray when none is given).
+"""Ray job: the whole curation pipeline (curation/jobs/pipeline.py: download, ingest, copy dedup
+and decontamination, retrieval, shards, manifest; as far as the config allows) on a Ray cluster,
+or on a local Ray when none is given.
 
     ray job submit --working-dir . -- python jobs/curate_ray.py --config my_run.yaml \\
         download.url_list=/data/urls.parquet embed.checkpoint=/models/sscd_disc_mixup.torchscript.pt
@@ -23,8 +25,8 @@ from curation.config import load_config
 from curation.download.url_lists import url_list_files
 from curation.engines import build_engine
 from curation.jobs.config import CurationConfig
-from curation.jobs.curate import run_curation
 from curation.jobs.errors import USER_ERRORS
+from curation.jobs.pipeline import run_pipeline
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -51,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         if cfg.engine.ray_address is None and os.environ.get("RAY_ADDRESS"):
             cfg = replace(cfg, engine=replace(cfg.engine, ray_address="auto"))
         with build_engine(cfg.engine) as engine:
-            stats = run_curation(cfg, engine)
+            stats = run_pipeline(cfg, engine)
     except USER_ERRORS as exc:  # the same one-line errors as the lvd CLI
         if ns.debug:
             raise

@@ -6,6 +6,7 @@ are listed, so ``lvd --help`` never advertises a stub).
 
 COMMANDS = [
     "demo",
+    "run",
     "synth",
     "decode",
     "download",
@@ -17,6 +18,7 @@ COMMANDS = [
     "shards",
     "manifest",
     "lineage",
+    "serve",
     "train_descriptor",
     "bench",
     "pretrain",

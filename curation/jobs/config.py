@@ -14,6 +14,7 @@ from curation import storage
 from curation.download.config import DownloadConfig
 from curation.engines import EngineConfig
 from curation.rundir import RunDir
+from curation.safe_names import check_component
 from curation.stages.cluster import ClusterConfig
 from curation.stages.copy_dedup import CopyDedupConfig
 from curation.stages.decode import DecodeConfig
@@ -63,6 +64,53 @@ class DemoConfig:
     target_precision: float = 0.95
     tuning_pool: int = 400  # originals of the tuning web (at most the pool's own n_pool)
     dedup: bool = True
+    decontaminate: bool = True  # against the web's evaluation set
+    # Curation after dedup: k-means of the descriptor embeddings, retrieval (the seed set as is,
+    # `sample_n` nearest per seed image, `cluster_m` per cluster holding `cluster_min_seeds`
+    # seed images), shards, manifest.
+    curate: bool = True
+    clusters: int = 40
+    sample_n: int = 4
+    cluster_m: int = 20
+    cluster_min_seeds: int = 4
+    # Pretraining on the shards (curation/jobs/demo_pretrain.py), then retrieval and k-NN with
+    # its teacher against the same ViT untrained.
+    pretrain: bool = True
+    pretrain_arch: str = "vit_tiny"
+    pretrain_iterations: int = 150
+    pretrain_batch_size: int = 32
+    pretrain_workers: int = 1
+    pretrain_prototypes: int = 1024
+    pretrain_lr: float = 0.004
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """An evaluation set to decontaminate against: a folder of its images (embedded here with the
+    copy descriptor) or of its EMBEDDING shards made with the same descriptor."""
+
+    name: str
+    images: Path | None = None
+    embeddings: str | None = None
+
+    def __post_init__(self) -> None:
+        check_component(self.name, "evaluation set name")
+        if (self.images is None) == (self.embeddings is None):
+            raise ValueError(f"evaluation set {self.name}: give exactly one of images, embeddings")
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """What ``lvd run`` / ``jobs/curate_ray.py`` add to the stages' own settings
+    (curation/jobs/pipeline.py)."""
+
+    eval_sets: tuple[EvalSet, ...] = ()
+    # No embed.checkpoint: train a copy descriptor on the pool first (lvd train-descriptor's
+    # recipe in demo.descriptor), as the demo does.
+    train_descriptor: bool = False
+    retrieval_model: str | None = None  # a ViT arch (e.g. dinov2_vitl14); None: the descriptor
+    retrieval_checkpoint: Path | None = None
+    retrieval_size: int | None = None
 
 
 @dataclass(frozen=True)
@@ -79,8 +127,9 @@ class CurationConfig:
     dedup: CopyDedupConfig = field(default_factory=CopyDedupConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     retrieve: RetrieveConfig = field(default_factory=RetrieveConfig)
-    shards: ShardConfig = field(default_factory=ShardConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    shards: ShardConfig = field(default_factory=ShardConfig)
 
     @property
     def run_dir(self) -> RunDir:

@@ -1,5 +1,10 @@
 """The demo job (``lvd demo``, the embedded default): synthesise a small web, serve it on
-localhost, then run every stage that exists on it with the configured engine."""
+localhost, then run the whole flow on it with the configured engine: download, ingest (exact and
+near-exact dedup), a copy descriptor trained on the pool, its embeddings, copy dedup and
+decontamination against the web's evaluation set, k-means, retrieval against the seed set, LVD
+shards and their manifest (:mod:`curation.jobs.demo_curate`), pretraining on the shards,
+retrieval and k-NN with the pretrained teacher (:mod:`curation.jobs.demo_pretrain`); every step
+scored against the web's ground truth."""
 
 from __future__ import annotations
 
@@ -17,6 +22,13 @@ from curation.io import write_bytes_atomic
 from curation.jobs.config import CurationConfig
 from curation.jobs.curate import run_curation
 from curation.jobs.dedup import run_dedup
+from curation.jobs.demo_curate import (
+    curation_config,
+    embed_eval_set,
+    run_demo_curation,
+    score_decontamination,
+)
+from curation.jobs.demo_pretrain import run_demo_pretraining
 from curation.jobs.embed import run_embed
 from curation.jobs.ingest import unique_image_shards
 from curation.readers.embeddings import read_embeddings
@@ -86,9 +98,18 @@ def run_demo(cfg: CurationConfig) -> DemoResult:
             embed = replace(cfg.embed, model="descriptor", checkpoint=checkpoint)
             stats["embed_sscd"] = run_embed(replace(cfg, embed=embed), engine, unique)
             stats["copy_detection"] = score_planted_copies(run.stage("embed_sscd"), unique, web)
+            cfg = replace(cfg, embed=embed)
             if cfg.demo.dedup:
-                stats["dedup"] = run_dedup(cfg, engine, records=unique)
+                evals = embed_eval_set(cfg, engine, web) if cfg.demo.decontaminate else None
+                stats["dedup"] = run_dedup(cfg, engine, records=unique, eval_sets=evals)
                 stats["dedup_quality"] = score_dedup(cfg, unique, web)
+                if evals:
+                    stats["decontamination"] = score_decontamination(cfg, web)
+                if cfg.demo.curate:
+                    cfg = curation_config(cfg, web)
+                    stats.update(run_demo_curation(cfg, engine, web))
+                    if cfg.demo.pretrain:
+                        stats.update(run_demo_pretraining(cfg, engine, web))
     return DemoResult(run_dir=run.root, stats=stats, seconds=time.perf_counter() - start)
 
 

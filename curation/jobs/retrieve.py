@@ -102,7 +102,7 @@ def check_same_model(pool: list, seeds: dict[str, list]) -> None:
     expected = model_ids(pool)
     for name, shards in seeds.items():
         found = model_ids(shards)
-        if found != expected:
+        if found and expected and found != expected:  # an empty side has nothing to compare
             raise ConfigError(
                 f"seed dataset {name} was embedded with {sorted(found)} but the pool with "
                 f"{sorted(expected)}: embed both with the same retrieval model"
@@ -110,7 +110,7 @@ def check_same_model(pool: list, seeds: dict[str, list]) -> None:
 
 
 def sample_candidates(
-    cfg: CurationConfig, engine: Engine, pool: list, seeds: dict[str, list]
+    cfg: CurationConfig, engine: Engine, pool: list, seeds: dict[str, list], prefix: str = ""
 ) -> pa.Table:
     """Every sample-mode seed image's nearest pool images, per pool shard (one task each)."""
     config = cfg.retrieve
@@ -125,7 +125,7 @@ def sample_candidates(
         nprobe=config.nprobe,
         rows_per_call=config.rows_per_call,
     )
-    stage = cfg.run_dir.stage("retrieval_candidates")
+    stage = cfg.run_dir.stage(f"{prefix}retrieval_candidates")
     run_stage(StageSpec(SeedSearchStage, search), pool, stage, engine)
     return storage.read_table(stage.outputs()).cast(RETRIEVAL_SELECTION_SCHEMA)
 
@@ -237,8 +237,10 @@ def pool_sources(records: list, provenance: pa.Table) -> pa.Table:
     return pa.table(columns).select(SHARD_SOURCE_SCHEMA.names).cast(SHARD_SOURCE_SCHEMA)
 
 
-def run_retrieve(cfg: CurationConfig, engine: Engine) -> dict:
-    """Select pool images for every seed dataset of ``cfg.retrieve``; see the module docstring."""
+def run_retrieve(cfg: CurationConfig, engine: Engine, prefix: str = "") -> dict:
+    """Select pool images for every seed dataset of ``cfg.retrieve``; see the module docstring.
+    ``prefix``: of the output stages' names (a second retrieval in the same run, with another
+    embedder: ``teacher_retrieval/`` ...)."""
     run, config = cfg.run_dir, cfg.retrieve
     if not config.seeds:
         raise ConfigError("retrieve.seeds is empty: list the seed datasets (see examples/)")
@@ -255,7 +257,7 @@ def run_retrieve(cfg: CurationConfig, engine: Engine) -> dict:
     needs_vectors = [s for s in config.seeds if s.mode in ("sample", "cluster")]
     seeds = {s.name: seed_embeddings(cfg, engine, s) for s in needs_vectors}
     check_same_model(pool, seeds)
-    candidates = sample_candidates(cfg, engine, pool, seeds)
+    candidates = sample_candidates(cfg, engine, pool, seeds, prefix)
     details: dict = {}
 
     def select() -> pa.Table:
@@ -297,14 +299,14 @@ def run_retrieve(cfg: CurationConfig, engine: Engine) -> dict:
             "retrieve",
             select,
             RETRIEVAL_SELECTION_SCHEMA,
-            run.stage("retrieval"),
+            run.stage(f"{prefix}retrieval"),
             config=config,
             summarize=summarize,
         )
     }
 
     def sources() -> pa.Table:
-        selection = storage.read_table(run.stage("retrieval").path / TABLE_OUTPUT)
+        selection = storage.read_table(run.stage(f"{prefix}retrieval").path / TABLE_OUTPUT)
         order = [(s.name, s.mode) for s in config.seeds]
         first = first_provenance(selection, order)
         as_is_pairs = [s for s in config.seeds if s.mode == "as_is"]
@@ -327,7 +329,7 @@ def run_retrieve(cfg: CurationConfig, engine: Engine) -> dict:
         "retrieved_images",
         sources,
         lineage_schema(SHARD_SOURCE_SCHEMA, storage.absolute(run.root)),
-        run.stage("retrieved_images"),
+        run.stage(f"{prefix}retrieved_images"),
         config=config,
         summarize=lambda table: {"rows_out": table.num_rows},
     )

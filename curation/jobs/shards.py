@@ -36,6 +36,7 @@ import contextlib
 import io
 import json
 import logging
+import os
 import time
 from collections.abc import Iterator
 from datetime import datetime, timezone
@@ -275,6 +276,16 @@ def check_settings(shards: StageDir, record: dict) -> None:
     )
 
 
+def completion_time() -> str:
+    """Now in UTC, or ``SOURCE_DATE_EPOCH`` when set (the reproducible-builds convention), so that
+    two runs of one pipeline can write byte-identical manifests."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    moment = (
+        datetime.fromtimestamp(int(epoch), timezone.utc) if epoch else datetime.now(timezone.utc)
+    )
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def run_shards(cfg: CurationConfig, engine: Engine, sources: list | None = None) -> dict:
     """Write the run's LVD shards from ``sources`` (SHARD_SOURCE Parquet files; default: the
     run's ``retrieved_images/``); returns the stats of ``shard_plan``, ``shard_samples`` and
@@ -323,7 +334,7 @@ def run_shards(cfg: CurationConfig, engine: Engine, sources: list | None = None)
         source_rows=plan_stats.get("source_rows"),
         **{k: v for k, v in plan_stats.items() if k.startswith("skipped_")},
         bytes=sizes,
-        completed_at=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        completed_at=completion_time(),
         seconds=round(time.perf_counter() - start, 3),
     )
     shards.mark_complete()

@@ -273,9 +273,11 @@ def sample_json(row: dict) -> bytes:
         "rank": row["rank"],
         "similarity": row["similarity"],
         "cluster_id": row["cluster_id"],
+        # Where the bytes came from, without their offset in that file: a download writes its
+        # tar members in the order they arrive, so the offset differs between two downloads of
+        # one URL list, and shards of the same selection must not (`lvd lineage` has it).
         "source": {
             "file": row["source_file"],
-            "offset": row["source_offset"],
             "size": row["source_size"],
             "sha256": row["source_sha256"],
         },

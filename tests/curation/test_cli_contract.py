@@ -43,6 +43,7 @@ JOB_COMMANDS = {
     "embed",
     "demo",
     "retrieve",
+    "run",
     "cluster",
     "shards",
 }  # take key=value overrides
@@ -396,6 +397,32 @@ ROWS = [
         expect="nope.csv",
         script="curate_ray",
     ),
+    # run: the pipeline file, then what it must name
+    row("run_no_pipeline", "run", expect="give the pipeline file first"),
+    row("run_pipeline_missing", "run", "nope.yaml", expect="nope.yaml does not exist"),
+    row("run_pipeline_not_mapping", "run", "list.yaml", expect="list.yaml"),
+    row("run_no_url_list", "run", "empty_pipeline.yaml", expect="download.url_list is required"),
+    row("run_bad_eval_set", "run", "bad_eval.yaml", expect="exactly one of images, embeddings"),
+    # serve: the runs root, then the tokens, then the port, all before listening
+    row("serve_no_runs", "serve", expect="required: --runs"),
+    row("serve_runs_missing", "serve", "--runs", "nope", expect="nope does not exist"),
+    row("serve_runs_is_file", "serve", "--runs", "a_file", expect="a_file is a file"),
+    row("serve_bad_port", "serve", "--runs", "empty", "--port", "70000", expect="70000"),
+    row(
+        "serve_token_file_missing",
+        *("serve", "--runs", "empty", "--token-file", "nope.token"),
+        expect="nope.token does not exist",
+    ),
+    row(
+        "serve_token_file_empty",
+        *("serve", "--runs", "empty", "--token-file", "empty.csv"),
+        expect="empty.csv is empty",
+    ),
+    row(
+        "serve_ray_token_file_missing",
+        *("serve", "--runs", "empty", "--ray-token-file", "nope.token"),
+        expect="nope.token does not exist",
+    ),
 ]
 
 
@@ -428,6 +455,8 @@ def _write_inputs(root: Path) -> None:
     pq.write_table(pa.table({"link": ["http://example.com/a.jpg"]}), root / "links.parquet")
     (root / "broken.yaml").write_text("engine: [local\n")
     (root / "list.yaml").write_text("- 1\n- 2\n")
+    (root / "empty_pipeline.yaml").write_text("name: empty\n")
+    (root / "bad_eval.yaml").write_text("pipeline:\n  eval_sets:\n    - {name: bench}\n")
     (root / "corrupt.pt").write_bytes(b"\x80\x02garbage" * 16)
     (root / "empty.pt").write_bytes(b"")
 

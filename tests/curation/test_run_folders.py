@@ -26,6 +26,14 @@ SMALL = [
     "demo.descriptor.max_steps=3",
     "demo.descriptor.autocast=fp32",
     "demo.descriptor.num_workers=0",
+    "demo.calibrate=false",
+    "dedup.threshold=0.9999",  # a 3-step descriptor maps most images close together
+    "dedup.eval_threshold=0.9999",
+    "demo.clusters=4",
+    "demo.cluster_min_seeds=2",
+    "demo.pretrain_iterations=2",
+    "demo.pretrain_batch_size=8",
+    "demo.pretrain_workers=0",
 ]
 STAGES = ("download", "ingest", "dedup_exact", "phash", "dedup_near", "unique_images", "embed_sscd")
 
