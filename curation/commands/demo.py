@@ -15,24 +15,9 @@ def register(sub) -> None:
 
 def run(ns: argparse.Namespace) -> int:
     from curation.jobs.demo import run_demo
+    from curation.jobs.demo_summary import summary_lines, write_summary
 
     result = run_demo(load_job_config(ns))
-    print(f"demo run finished in {result.seconds:.1f} s: {result.run_dir}")
-    shown = (
-        *("rows", "status", "micro_ap", "recall_at_p90", "n_true_pairs", "images_per_second"),
-        *("kind", "threshold", "pair_", "planted_groups", "stored"),
-    )
-    flat: dict = {}
-    for stage, stats in result.stats.items():
-        if not isinstance(stats, dict):
-            continue
-        nested = {k: v for k, v in stats.items() if isinstance(v, dict) and k.startswith("dedup")}
-        flat.update(nested if nested and stage == "dedup" else {stage: stats})
-    for stage, stats in flat.items():
-        counts = ", ".join(
-            f"{k}={round(v, 3) if isinstance(v, float) else v}"
-            for k, v in stats.items()
-            if k.startswith(shown)
-        )
-        print(f"  {stage:<14} {counts}")
+    write_summary(result.stats, result.run_dir, result.seconds)
+    print("\n".join(summary_lines(result.stats, result.run_dir, result.seconds)))
     return 0

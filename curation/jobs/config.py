@@ -76,9 +76,10 @@ class DemoConfig:
     # Pretraining on the shards (curation/jobs/demo_pretrain.py), then retrieval and k-NN with
     # its teacher against the same ViT untrained.
     pretrain: bool = True
-    pretrain_arch: str = "vit_tiny"
-    pretrain_iterations: int = 150
-    pretrain_batch_size: int = 32
+    pretrain_width: int = 192  # ViT-Ti's width, 64-wide heads
+    pretrain_depth: int = 4
+    pretrain_iterations: int = 100
+    pretrain_batch_size: int = 16
     pretrain_workers: int = 1
     pretrain_prototypes: int = 1024
     pretrain_lr: float = 0.004

@@ -3,7 +3,8 @@ teacher, re-embed the pool and the seed set with it and retrieve again, and scor
 features by weighted k-NN on the synthetic web's classes, each against the same network untrained.
 
 The recipe is DINOv2's (DINO + iBOT + KoLeo, multi-crop, masking, EMA teacher) on a CPU budget:
-ViT-Ti with 8-pixel patches, 64-pixel global and 32-pixel local crops, small heads. k-NN: the
+a 4-block ViT of ViT-Ti's width with 8-pixel patches, 64-pixel global and 32-pixel local crops,
+small heads. k-NN: the
 pool's originals (by ground-truth class) as the train split, the evaluation set as val.
 """
 
@@ -24,6 +25,8 @@ from curation.synth import SynthWeb
 logger = logging.getLogger(__name__)
 
 TEACHER = "teacher_backbone.pth"
+UNTRAINED = "untrained_backbone.pth"
+ARCH = "vit"  # the generic ViT: width and depth come from the exported checkpoint
 
 
 def pretrain_config(cfg: CurationConfig):
@@ -41,7 +44,14 @@ def pretrain_config(cfg: CurationConfig):
     iterations = demo.pretrain_iterations
     head = DINOHeadConfig(out_dim=demo.pretrain_prototypes, hidden_dim=512, bottleneck_dim=128)
     return PretrainConfig(
-        backbone=BackboneConfig(arch=demo.pretrain_arch, patch_size=8, drop_path_rate=0.0),
+        backbone=BackboneConfig(
+            arch="vit",
+            patch_size=8,
+            embed_dim=demo.pretrain_width,
+            depth=demo.pretrain_depth,
+            num_heads=max(1, demo.pretrain_width // 64),
+            drop_path_rate=0.0,
+        ),
         loss=LossConfig(dino_head=head),
         optim=OptimConfig(
             epochs=1,
@@ -59,8 +69,11 @@ def pretrain_config(cfg: CurationConfig):
     )
 
 
-def pretrain_on_shards(cfg: CurationConfig) -> tuple[dict, Path]:
-    """Train (or resume) on ``<run>/shards``; export the teacher backbone; (stats, its path)."""
+def pretrain_on_shards(cfg: CurationConfig) -> tuple[dict, Path, Path]:
+    """Train (or resume) on ``<run>/shards``; export the teacher backbone and the same network
+    untrained; (stats, teacher path, untrained path)."""
+    import torch
+
     from pretrain.train.checkpoint import export_teacher_backbone, latest_checkpoint
     from pretrain.train.loop import train
     from pretrain.train.meta_arch import SSLMetaArch
@@ -73,6 +86,11 @@ def pretrain_on_shards(cfg: CurationConfig) -> tuple[dict, Path]:
     if checkpoint is None:
         raise RuntimeError(f"pretraining left no checkpoint in {out}")
     export_teacher_backbone(Path(checkpoint), SSLMetaArch(config), teacher)
+    untrained = out / UNTRAINED
+    if not untrained.is_file():  # the same network as built before its first step
+        torch.manual_seed(config.seed)
+        backbone = SSLMetaArch(config).teacher.backbone.state_dict()
+        torch.save({k: v.detach().clone() for k, v in backbone.items()}, untrained)
     losses = result.losses
     stats = {
         "iterations": result.iterations,
@@ -80,15 +98,15 @@ def pretrain_on_shards(cfg: CurationConfig) -> tuple[dict, Path]:
         "last_loss": round(losses[-1], 3) if losses else None,
         "teacher": str(teacher),
     }
-    return stats, teacher
+    return stats, teacher, untrained
 
 
-def teacher_embed_config(cfg: CurationConfig, teacher: Path | None) -> EmbedConfig:
-    """Embedding settings of the pretrained teacher (``teacher`` None: the same ViT untrained)."""
+def teacher_embed_config(cfg: CurationConfig, backbone: Path) -> EmbedConfig:
+    """Embedding settings of an exported backbone (the teacher, or the network untrained)."""
     return dataclasses.replace(
         cfg.embed,
-        model=cfg.demo.pretrain_arch,
-        checkpoint=teacher,
+        model=ARCH,
+        checkpoint=backbone,
         size=64,
         resize="square",
         model_id=None,
@@ -115,7 +133,7 @@ def retrieve_with(cfg: CurationConfig, engine: Engine, web: SynthWeb, label: str
     return score_retrieval(cfg, web, stage=f"{label}_retrieval")["sample"]
 
 
-def knn_accuracy(cfg: CurationConfig, web: SynthWeb, teacher: Path | None) -> dict:
+def knn_accuracy(cfg: CurationConfig, web: SynthWeb, backbone: Path) -> dict:
     """Weighted k-NN (k = 20, T = 0.07) of the ViT's frozen features on the web's classes."""
     from curation.models.embedder import load_embedder
     from curation.models.inference import BatchEmbedder, InferenceOptions
@@ -132,7 +150,7 @@ def knn_accuracy(cfg: CurationConfig, web: SynthWeb, teacher: Path | None) -> di
         )
 
     train, val = split(web.read("pool"), web.pool_dir), split(web.read("eval"), web.eval_dir)
-    embedder = load_embedder(cfg.demo.pretrain_arch, teacher, size=64, resize="square")
+    embedder = load_embedder(ARCH, backbone, size=64, resize="square")
     batch = BatchEmbedder(embedder, InferenceOptions(device="cpu", batch_size=64, num_workers=0))
     try:
         report = evaluate_splits(train, val, batch)
@@ -148,14 +166,14 @@ def knn_accuracy(cfg: CurationConfig, web: SynthWeb, teacher: Path | None) -> di
 
 def run_demo_pretraining(cfg: CurationConfig, engine: Engine, web: SynthWeb) -> dict:
     """Pretrain on the shards; retrieval and k-NN with its teacher and with the untrained ViT."""
-    stats, teacher = pretrain_on_shards(cfg)
+    stats, teacher, untrained = pretrain_on_shards(cfg)
     result = {"pretrain": stats}
     result["retrieval_teacher"] = retrieve_with(
         cfg, engine, web, "teacher", teacher_embed_config(cfg, teacher)
     )
     result["retrieval_untrained_vit"] = retrieve_with(
-        cfg, engine, web, "untrained", teacher_embed_config(cfg, None)
+        cfg, engine, web, "untrained", teacher_embed_config(cfg, untrained)
     )
     result["knn_teacher"] = knn_accuracy(cfg, web, teacher)
-    result["knn_untrained_vit"] = knn_accuracy(cfg, web, None)
+    result["knn_untrained_vit"] = knn_accuracy(cfg, web, untrained)
     return result

@@ -120,7 +120,10 @@ def load_backbone(
     if not isinstance(checkpoint, Mapping):
         raise CheckpointFormatError(f"{path} holds a {type(checkpoint).__name__}, not a dict")
     state = extract_backbone_state_dict(checkpoint)
-    model = build_model(arch, **{**checkpoint_geometry(state), **kwargs})
+    geometry = checkpoint_geometry(state)
+    if arch == "vit":  # the generic ViT: its widths and depth come from the checkpoint too
+        geometry.update(checkpoint_size(state))
+    model = build_model(arch, **{**geometry, **kwargs})
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -129,6 +132,28 @@ def load_backbone(
             f"{path} does not fit {arch}: {' '.join(line.strip() for line in first)}"
         ) from None
     return model
+
+
+HEAD_DIM = 64  # DINOv2's head width at every size (ViT-Ti 192/3 ... ViT-g 1536/24)
+
+
+def checkpoint_size(state: Mapping[str, torch.Tensor]) -> dict[str, int]:
+    """``embed_dim``, ``depth`` and ``num_heads`` of the generic ``"vit"`` architecture from a
+    backbone state dict. Heads leave no trace in the shapes: 64-wide heads, as in every DINOv2
+    model, unless ``num_heads`` is given."""
+    found: dict[str, int] = {}
+    cls = state.get("cls_token")
+    if cls is not None and cls.ndim == 3:
+        found["embed_dim"] = int(cls.shape[-1])
+        found["num_heads"] = max(1, found["embed_dim"] // HEAD_DIM)
+    blocks = {
+        tuple(int(p) for p in m.groups() if p is not None)
+        for m in (re.match(r"blocks\.(\d+)\.(?:(\d+)\.)?norm1\.weight$", k) for k in state)
+        if m
+    }
+    if blocks:
+        found["depth"] = len(blocks)
+    return found
 
 
 def checkpoint_geometry(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:

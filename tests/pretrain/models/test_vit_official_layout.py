@@ -174,3 +174,20 @@ def test_loader_takes_block_chunking_from_the_keys(tmp_path, chunks):
             loaded.forward_features(x)["x_norm_clstoken"],
             saved.eval().forward_features(x)["x_norm_clstoken"],
         )
+
+
+def test_the_generic_vit_takes_its_size_from_the_checkpoint(tmp_path):
+    """A small custom ViT (what the demo pretrains) loads as arch "vit" with nothing else given:
+    width and depth from the shapes, 64-wide heads as in every DINOv2 model."""
+    torch.manual_seed(0)
+    saved = build_model("vit", img_size=32, patch_size=8, embed_dim=128, depth=3, num_heads=2)
+    path = tmp_path / "small.pth"
+    torch.save(saved.state_dict(), path)
+    loaded = load_backbone(path, arch="vit")
+    assert (loaded.embed_dim, loaded.n_blocks, loaded.num_heads) == (128, 3, 2)
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            loaded.forward_features(x)["x_norm_clstoken"],
+            saved.eval().forward_features(x)["x_norm_clstoken"],
+        )
