@@ -15,9 +15,8 @@ def register(sub) -> None:
 
 def run(ns: argparse.Namespace) -> int:
     from curation.jobs.demo import run_demo
-    from curation.jobs.demo_summary import summary_lines, write_summary
+    from curation.jobs.demo_summary import summary_lines
 
     result = run_demo(load_job_config(ns))
-    write_summary(result.stats, result.run_dir, result.seconds)
     print("\n".join(summary_lines(result.stats, result.run_dir, result.seconds)))
     return 0

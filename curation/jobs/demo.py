@@ -29,6 +29,7 @@ from curation.jobs.demo_curate import (
     score_decontamination,
 )
 from curation.jobs.demo_pretrain import run_demo_pretraining
+from curation.jobs.demo_summary import write_summary
 from curation.jobs.embed import run_embed
 from curation.jobs.ingest import unique_image_shards
 from curation.readers.embeddings import read_embeddings
@@ -110,7 +111,9 @@ def run_demo(cfg: CurationConfig) -> DemoResult:
                     stats.update(run_demo_curation(cfg, engine, web))
                     if cfg.demo.pretrain:
                         stats.update(run_demo_pretraining(cfg, engine, web))
-    return DemoResult(run_dir=run.root, stats=stats, seconds=time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    write_summary(stats, run.root, seconds)
+    return DemoResult(run_dir=run.root, stats=stats, seconds=seconds)
 
 
 def calibrate(cfg: CurationConfig, checkpoint: Path) -> dict:

@@ -107,3 +107,29 @@ def test_an_older_run_folder_still_reads(run, tmp_path):
     assert stage.read_stats() == json.loads((run / "unique_images" / "_stats.json").read_text())
     merged = stage.merge_shard_stats()
     assert merged["rows_out"] == data_rows(old)
+
+
+def test_the_demo_runs_the_whole_flow(run):
+    """After dedup the demo clusters, retrieves in every mode, writes shards with a manifest that
+    verifies, pretrains on the shards and scores its teacher (summary lines included)."""
+    from curation.jobs.demo_summary import summary_lines
+    from curation.jobs.manifest import verify_manifest
+    from pretrain.models import load_backbone
+    from schemas import validate_manifest
+
+    selection = pq.read_table(run / "retrieval")
+    assert set(selection["mode"].to_pylist()) == {"as_is", "sample", "cluster"}
+    manifest = json.loads((run / "manifest.json").read_text())
+    validate_manifest(manifest)
+    assert manifest["num_samples"] == pq.read_table(run / "retrieved_images").num_rows
+    assert verify_manifest(run) == []
+    metrics = [json.loads(line) for line in (run / "pretrain" / "metrics.jsonl").open()]
+    assert [m["iteration"] for m in metrics] == [0, 1]
+    load_backbone(run / "pretrain" / "teacher_backbone.pth", arch="vit")
+    stats = json.loads((run / "demo_summary.json").read_text())
+    for key in ("retrieval_quality", "knn_teacher", "knn_untrained_vit", "retrieval_teacher"):
+        assert key in stats, key
+    assert 0 <= stats["knn_teacher"]["knn_top1"] <= 1
+    lines = summary_lines(stats, run, stats["seconds"])
+    assert any(line.strip().startswith("k-NN") for line in lines)
+    assert any(str(run / "shards") in line for line in lines)
