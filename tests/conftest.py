@@ -29,13 +29,14 @@ REQUIRED_UNDER_CI = {
     "faiss": "a core dependency (faiss-cpu)",
     "webdataset": "the [dev] extra",
     "datasets": "the [dev] extra (Hugging Face datasets: reads the Parquet shards back)",
-    "s3fs": "the [s3] / [dev] extras (img2dataset writes downloads to the S3 server with it)",
     "img2dataset": "a core dependency",
     "skimage": "the [dev] extra (scikit-image: the real pictures of the copy-detection tests)",
     "onnxruntime": "the [safety] / [dev] extras (runs the NSFW detector)",
     "nudenet": "the [safety] / [dev] extras (ships the NSFW detector's model file)",
     "dlib": "the [safety] / [dev] extras (dlib-bin: the default face detector)",
     "moto": "the [dev] extra (moto[server]: the local S3 server of the object-storage tests)",
+    "s3fs": "the [s3] / [dev] extras (img2dataset writes downloads to the S3 server with it)",
+    "websocket": "the [dev] extra (websocket-client: drives headless Chromium in the report test)",
 }
 
 SMALL_WEB = SynthConfig(

@@ -18,6 +18,7 @@ COMMANDS = [
     "shards",
     "manifest",
     "lineage",
+    "report",
     "serve",
     "train_descriptor",
     "bench",

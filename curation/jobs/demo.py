@@ -33,6 +33,7 @@ from curation.jobs.demo_summary import write_summary
 from curation.jobs.embed import run_embed
 from curation.jobs.ingest import unique_image_shards
 from curation.readers.embeddings import read_embeddings
+from curation.report import write_report
 from curation.rundir import StageDir
 from curation.runner import TABLE_OUTPUT
 from curation.synth import SynthWeb, SynthWebServer, generate_synthetic_web, write_url_list
@@ -113,6 +114,7 @@ def run_demo(cfg: CurationConfig) -> DemoResult:
                         stats.update(run_demo_pretraining(cfg, engine, web))
     seconds = time.perf_counter() - start
     write_summary(stats, run.root, seconds)
+    stats["report"] = {"path": str(write_report(str(run.root)))}
     return DemoResult(run_dir=run.root, stats=stats, seconds=seconds)
 
 

@@ -116,7 +116,8 @@ def summary_lines(stats: dict, run_dir: Path, seconds: float) -> list[str]:
             f"{_pct((untrained or {}).get('knn_top1'))} untrained ({teacher['train_images']} "
             f"train / {teacher['val_images']} val images of the web's classes)"
         )
-    lines.append(f"  report           lvd report {run_dir}")
+    report = (stats.get("report") or {}).get("path")
+    lines.append(f"  report           {report or f'lvd report {run_dir}'}")
     return lines
 
 

@@ -38,6 +38,13 @@ SMALL = [
     f"demo.descriptor.max_steps={DEMO_STEPS}",
     "demo.descriptor.autocast=fp32",
     "demo.descriptor.threads=1",
+    # The curation after dedup and the pretraining at their smallest (their own checks are in
+    # tests/curation/test_run_folders.py).
+    "demo.clusters=4",
+    "demo.cluster_min_seeds=2",
+    "demo.pretrain_iterations=2",
+    "demo.pretrain_batch_size=8",
+    "demo.pretrain_workers=0",
 ]
 # Planted copies of the SMALL web that pHash catches although their transform is not in
 # ALWAYS_CAUGHT (measured; the web is deterministic): three 0.6 resizes, two jitters, one text.
@@ -113,7 +120,7 @@ def test_demo_runs_end_to_end(demo_run, capsys):
     capsys.readouterr()
     assert main(["demo", f"runs_dir={run.root.parent}", *SMALL]) == 0
     out = capsys.readouterr().out
-    assert "demo run finished" in out and "copy_detection" in out
+    assert "lvd demo finished" in out and "copy descriptor  micro-AP" in out
     assert sorted(run.root.rglob("*.parquet")) == outputs
     assert [p.stat().st_mtime_ns for p in outputs] == mtimes
     assert any(run.root.glob("*config.yaml"))
@@ -122,7 +129,7 @@ def test_demo_runs_end_to_end(demo_run, capsys):
 def test_demo_on_spark_keeps_the_same_images(demo_run, spark_session, tmp_path):
     local = demo_run
     # Two descriptor steps: this checks the engine, not the descriptor (checked above).
-    spark_args = [*SMALL, "engine.name=spark", "demo.descriptor.max_steps=2"]
+    spark_args = [*SMALL, "engine.name=spark", "demo.descriptor.max_steps=2", "demo.curate=false"]
     assert main(["demo", f"runs_dir={tmp_path}", *spark_args]) == 0
     run = RunDir(tmp_path / "demo")
     for stage in ("ingest", "phash", "unique_images", "embed_sscd"):

@@ -397,6 +397,13 @@ ROWS = [
         expect="nope.csv",
         script="curate_ray",
     ),
+    # report: --out checked first, then the run folder, before anything is read
+    row("report_no_run_dir", "report", expect="required: RUN_DIR"),
+    row("report_run_missing", "report", "nope", expect="nope does not exist"),
+    row("report_run_is_file", "report", "a_file", expect="a_file is a file"),
+    row("report_not_a_run", "report", "empty", expect="empty holds no run"),
+    row("report_out_under_file", "report", "empty", "--out", "a_file/r.html", expect="a_file is a"),
+    row("report_out_is_folder", "report", "empty", "--out", "empty", expect="empty is a folder"),
     # run: the pipeline file, then what it must name
     row("run_no_pipeline", "run", expect="give the pipeline file first"),
     row("run_pipeline_missing", "run", "nope.yaml", expect="nope.yaml does not exist"),
