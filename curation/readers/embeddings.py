@@ -54,3 +54,11 @@ def read_embeddings(paths: list[str | os.PathLike]) -> tuple[list[str], np.ndarr
     table = pa.concat_tables(tables)
     matrix = table.column("embedding").combine_chunks().flatten().to_numpy()
     return table.column("key").to_pylist(), matrix.reshape(table.num_rows, dims.pop())
+
+
+def embedded_rows(batch: pa.Table, dim: int) -> tuple[pa.Table, np.ndarray]:
+    """A batch of EMBEDDING rows cut to the ``ok`` ones, and their ``(n, dim)`` vectors
+    (zero-copy over the fixed-size list)."""
+    batch = batch.filter(pc.equal(batch.column("status"), STATUS_OK))
+    flat = batch.column("embedding").combine_chunks().flatten().to_numpy()
+    return batch, flat.reshape(batch.num_rows, dim)

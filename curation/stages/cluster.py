@@ -13,11 +13,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from curation import storage
+from curation.readers.embeddings import embedded_rows
 from curation.stages.base import Resources
-from schemas import CLUSTER_ASSIGNMENT_SCHEMA, STATUS_OK, embedding_schema
+from schemas import CLUSTER_ASSIGNMENT_SCHEMA, embedding_schema
 
 CENTROIDS = "centroids.npy"
 
@@ -91,9 +91,8 @@ class AssignClustersStage:
     def __call__(self, batch: pa.Table) -> pa.Table:
         from curation.index.kmeans import assign, assignment_table
 
-        batch = batch.filter(pc.equal(batch.column("status"), STATUS_OK))
+        batch, vectors = embedded_rows(batch, self.config.dim)
         if not batch.num_rows:
             return CLUSTER_ASSIGNMENT_SCHEMA.empty_table()
-        flat = batch.column("embedding").combine_chunks().flatten().to_numpy()
-        ids, distance = assign(flat.reshape(batch.num_rows, self.config.dim), self.centroids)
+        ids, distance = assign(vectors, self.centroids)
         return assignment_table(batch.column("key"), ids, distance)

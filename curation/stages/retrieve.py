@@ -30,12 +30,12 @@ from typing import Literal
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from curation.config import check_choices
 from curation.index.knn import cross_pairs
+from curation.readers.embeddings import embedded_rows
 from curation.stages.base import Resources
-from schemas import RETRIEVAL_SELECTION_SCHEMA, STATUS_OK, embedding_schema
+from schemas import RETRIEVAL_SELECTION_SCHEMA, embedding_schema
 
 MODES = ("as_is", "sample", "cluster", "balanced")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.\-]")
@@ -168,12 +168,10 @@ class SeedSearchStage:
             self.seeds.append((dataset, n, keys, vectors))
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        batch = batch.filter(pc.equal(batch.column("status"), STATUS_OK))
+        batch, pool = embedded_rows(batch, self.config.dim)
         if not batch.num_rows:
             return RETRIEVAL_SELECTION_SCHEMA.empty_table()
         pool_keys = batch.column("key").to_numpy(zero_copy_only=False)
-        flat = batch.column("embedding").combine_chunks().flatten().to_numpy()
-        pool = flat.reshape(batch.num_rows, self.config.dim)
         tables = []
         for dataset, n, seed_keys, seeds in self.seeds:
             q, r, sim = cross_pairs(
