@@ -6,10 +6,20 @@ every rank's RNG state. It is written under ``tmp-iter_NNNNNNNN`` and renamed on
 rank has finished, so a crash during a save never leaves a folder that looks valid
 (a leftover ``tmp-*`` is ignored and swept by the next save). Only the newest ``keep``
 checkpoints are kept.
+
+Under FSDP each rank writes its own shards (``__<rank>_0.distcp``) and no rank ever holds
+the full model; the metadata records the global shapes, so a checkpoint resumes with
+another world size (each rank reads the slices its new shards cover, or whole tensors in
+a single process). The loader position counts samples of the global stream, so it carries
+over too; RNG states are per rank and only restored for ranks the checkpoint has.
+:func:`consolidate_checkpoint` turns a checkpoint into one ``torch.save`` file offline,
+and :func:`read_teacher_backbone` reads only the teacher backbone, in the official key
+layout.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
@@ -19,12 +29,19 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 from torch.distributed.checkpoint.state_dict import (
-    get_optimizer_state_dict,
-    set_optimizer_state_dict,
+    StateDictOptions,
+    get_model_state_dict,
+    get_state_dict,
+    set_model_state_dict,
+    set_state_dict,
 )
 
 from pretrain import distributed
+
+logger = logging.getLogger(__name__)
 
 CHECKPOINT_PATTERN = re.compile(r"^iter_(\d{8})$")
 TEMP_PREFIX = "tmp-"
@@ -60,16 +77,20 @@ def _barrier() -> None:
         dist.barrier()
 
 
+def _rng_state() -> dict[str, torch.Tensor]:
+    # Per-rank keys: DCP deduplicates equal keys across ranks, RNG states differ.
+    states = {f"rank{_rank()}": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states[f"cuda_rank{_rank()}"] = torch.cuda.get_rng_state()
+    return states
+
+
 def _state(
     model: torch.nn.Module, optimizer: torch.optim.Optimizer, extra: dict[str, Any]
 ) -> dict[str, Any]:
-    return {
-        "model": model.state_dict(),
-        "optimizer": get_optimizer_state_dict(model, optimizer),
-        "extra": extra,
-        # Per-rank keys: DCP deduplicates equal keys across ranks, RNG states differ.
-        "rng": {f"rank{_rank()}": torch.get_rng_state()},
-    }
+    # Sharded (DTensor) entries under FSDP, plain tensors otherwise; keys are the same.
+    model_state, optimizer_state = get_state_dict(model, optimizer)
+    return {"model": model_state, "optimizer": optimizer_state, "extra": extra, "rng": _rng_state()}
 
 
 def save_checkpoint(
@@ -101,29 +122,139 @@ def save_checkpoint(
     return final
 
 
+def stored_keys(path: Path) -> set[str]:
+    """The flattened keys a checkpoint holds (``model.student.backbone.cls_token``, ...)."""
+    return set(dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata)
+
+
 def load_checkpoint(
     path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer
 ) -> dict[str, Any]:
-    """Restore model, optimizer and this rank's RNG state in place; return ``extra``."""
-    state = _state(model, optimizer, {"iteration": 0, "samples_seen": 0})
+    """Restore model, optimizer and this rank's RNG state in place; return ``extra``.
+
+    Works whatever world size saved the checkpoint. A rank the checkpoint has no RNG state
+    for keeps its seeded RNG (stochastic depth then draws differently from an uninterrupted
+    run with that world size, which does not exist)."""
+    stored = stored_keys(path)
+    extra = {"iteration": 0, "samples_seen": 0, "world_size": 1}
+    state = _state(model, optimizer, {k: v for k, v in extra.items() if f"extra.{k}" in stored})
+    state["rng"] = {k: v for k, v in state["rng"].items() if f"rng.{k}" in stored}
     dcp.load(state, checkpoint_id=str(path), no_dist=_single_process())
-    model.load_state_dict(state["model"])
-    set_optimizer_state_dict(model, optimizer, state["optimizer"])
-    torch.set_rng_state(state["rng"][f"rank{_rank()}"])
+    set_state_dict(
+        model,
+        optimizer,
+        model_state_dict=state["model"],
+        optim_state_dict=state["optimizer"],
+    )
+    rng = state["rng"]
+    if f"rank{_rank()}" in rng:
+        torch.set_rng_state(rng[f"rank{_rank()}"])
+    else:
+        logger.info("%s has no RNG state for rank %d; its RNG stays as seeded", path, _rank())
+    if f"cuda_rank{_rank()}" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state(rng[f"cuda_rank{_rank()}"])
     return state["extra"]
+
+
+# ---------------------------------------------------------------------- export, consolidation
+
+TEACHER_BACKBONE_PREFIX = "model.teacher.backbone."
+
+
+class CheckpointNotFoundError(FileNotFoundError):
+    """A path that is not a training checkpoint nor a folder holding one."""
+
+
+def resolve_checkpoint(path: Path) -> Path:
+    """``path`` if it is a DCP checkpoint, else the newest ``iter_*`` in it or in its
+    ``checkpoints`` folder (a run folder)."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointNotFoundError(f"{path} does not exist")
+    if not path.is_dir():
+        raise CheckpointNotFoundError(
+            f"{path} is a file; give a checkpoint folder (iter_NNNNNNNN) or a run folder"
+        )
+    if (path / ".metadata").is_file():
+        return path
+    for folder in (path, path / "checkpoints"):
+        newest = latest_checkpoint(folder)
+        if newest is not None and (newest / ".metadata").is_file():
+            return newest
+    raise CheckpointNotFoundError(
+        f"{path} holds no training checkpoint (no .metadata, no complete iter_NNNNNNNN folder)"
+    )
+
+
+def teacher_backbone_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The teacher backbone of a (sharded or not) ``SSLMetaArch`` as full CPU tensors in the
+    official key layout. Collective under FSDP; only rank 0 gets the tensors."""
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    state = get_model_state_dict(model.teacher.backbone, options=options)
+    return {k: v.detach().clone() for k, v in state.items()}
+
+
+def _save_atomically(state: Any, out: Path) -> Path:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    temp = out.with_name(TEMP_PREFIX + out.name)
+    torch.save(state, temp)
+    os.replace(temp, out)
+    return out
+
+
+def save_teacher_backbone(model: torch.nn.Module, out: Path) -> Path:
+    """Write the live model's teacher backbone as a plain state dict (rank 0 writes; every
+    rank must call it under FSDP)."""
+    state = teacher_backbone_state(model)
+    if _rank() == 0:
+        _save_atomically(state, out)
+    _barrier()
+    return out
 
 
 def export_teacher_backbone(checkpoint: Path, model: torch.nn.Module, out: Path) -> Path:
     """Write the teacher backbone of a training checkpoint as a plain state dict in the
     official DINOv2 key layout (``cls_token``, ``blocks.N.*``, ``norm.*``; no heads), the
     form ``pretrain.models.load_backbone`` loads strictly. ``model``: an
-    :class:`~pretrain.train.meta_arch.SSLMetaArch` built with the run's config."""
-    state = {"model": model.state_dict()}
+    :class:`~pretrain.train.meta_arch.SSLMetaArch` built with the run's config, sharded
+    or not (full tensors are gathered)."""
+    state = {"model": get_model_state_dict(model)}
     dcp.load(state, checkpoint_id=str(checkpoint), no_dist=_single_process())
-    model.load_state_dict(state["model"])
-    backbone = {k: v.detach().clone() for k, v in model.teacher.backbone.state_dict().items()}
+    set_model_state_dict(model, state["model"])
+    return save_teacher_backbone(model, out)
+
+
+def read_teacher_backbone(checkpoint: Path) -> dict[str, torch.Tensor]:
+    """The teacher backbone of a checkpoint (any world size) as full tensors, without
+    building a model: only its entries are read, in one process."""
+    path = resolve_checkpoint(checkpoint)
+    metadata = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
+    wanted = {
+        key[len("model.") :]: torch.empty(entry.size, dtype=entry.properties.dtype)
+        for key, entry in metadata.items()
+        if key.startswith(TEACHER_BACKBONE_PREFIX) and isinstance(entry, TensorStorageMetadata)
+    }
+    if not wanted:
+        raise CheckpointNotFoundError(
+            f"{path} holds no teacher backbone ({TEACHER_BACKBONE_PREFIX}*)"
+        )
+    state = {"model": wanted}
+    dcp.load(state, checkpoint_id=str(path), no_dist=True)
+    prefix = len("teacher.backbone.")
+    return {key[prefix:]: value for key, value in state["model"].items()}
+
+
+def consolidate_checkpoint(checkpoint: Path, out: Path, teacher_backbone: bool = False) -> Path:
+    """Turn a sharded checkpoint into one ``torch.save`` file, offline and in one process:
+    the whole state (``model``, ``optimizer``, ``extra``, ``rng``; continued pretraining
+    keeps the heads), or with ``teacher_backbone`` only the teacher backbone in the official
+    key layout. Written atomically; returns ``out``."""
+    path = resolve_checkpoint(checkpoint)
+    if teacher_backbone:
+        return _save_atomically(read_teacher_backbone(path), Path(out))
+    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     temp = out.with_name(TEMP_PREFIX + out.name)
-    torch.save(backbone, temp)
+    dcp_to_torch_save(str(path), str(temp))
     os.replace(temp, out)
     return out

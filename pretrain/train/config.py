@@ -84,11 +84,33 @@ class CropConfig:
 
 
 @dataclass(frozen=True)
+class ParallelConfig:
+    """How ranks share the work (:mod:`pretrain.train.fsdp`; SPEC.md section 6).
+
+    ``strategy``: ``fsdp`` shards parameters, gradients and optimizer state over the ranks
+    (PyTorch FSDP2, one unit per transformer block, per head and per backbone); ``ddp``
+    keeps a full replica per rank and averages gradients with an all-reduce. A single
+    process uses neither. ``mixed_precision``: ``auto`` is bf16 compute with fp32 master
+    weights and reductions on CUDA and full precision on CPU (FSDP only). The student's
+    ``reshard_after_forward=False`` is the official SHARD_GRAD_OP (more memory, fewer
+    all-gathers). ``activation_checkpointing`` recomputes each block in the backward;
+    ``compile`` runs each block through ``torch.compile``.
+    """
+
+    strategy: Literal["fsdp", "ddp"] = "fsdp"
+    mixed_precision: Literal["auto", "bf16", "fp32"] = "auto"
+    reshard_after_forward: bool = True
+    activation_checkpointing: bool = False
+    compile: bool = False
+
+
+@dataclass(frozen=True)
 class PretrainConfig:
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     crops: CropConfig = field(default_factory=CropConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
     batch_size_per_rank: int = 64
     num_workers: int = 8
     seed: int = 0

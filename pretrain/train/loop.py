@@ -1,10 +1,12 @@
 """The DINOv2 training loop (Oquab et al., 2023) over shards or a folder of images.
 
 Per iteration: schedules -> teacher targets and student losses (:class:`SSLMetaArch`) ->
-gradients averaged over ranks -> clipping per sub-network -> AdamW -> teacher EMA ->
-one JSONL line of metrics. Checkpoints (:mod:`pretrain.train.checkpoint`) carry the loader
-position, so a resumed run continues at the exact next sample. A NaN or infinite loss
-stops every rank before the optimizer step, with the last good checkpoint left intact.
+gradients averaged over ranks (reduce-scattered by FSDP, or all-reduced with
+``parallel.strategy=ddp``; :mod:`pretrain.train.fsdp`) -> clipping per sub-network ->
+AdamW -> teacher EMA -> one JSONL line of metrics. Checkpoints
+(:mod:`pretrain.train.checkpoint`) carry the loader position, so a resumed run continues
+at the exact next sample. A NaN or infinite loss stops every rank before the optimizer
+step, with the last good checkpoint left intact.
 
 Launch with ``torchrun --nproc_per_node=N -m pretrain.train.loop --source ... --out ...``
 (gloo on CPU, NCCL on GPU), or through ``lvd pretrain``.
@@ -13,6 +15,7 @@ Launch with ``torchrun --nproc_per_node=N -m pretrain.train.loop --source ... --
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import math
@@ -30,6 +33,7 @@ from pretrain.data.batches import TrainingBatchMaker
 from pretrain.data.shards import ShardStream, StreamPosition, make_loader, open_catalog
 from pretrain.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from pretrain.train.config import PretrainConfig
+from pretrain.train.fsdp import prepare_model
 from pretrain.train.meta_arch import SSLMetaArch
 from pretrain.train.optim import apply_schedules, build_optimizer, build_param_groups
 from pretrain.train.schedules import build_schedules
@@ -59,6 +63,24 @@ def init_distributed() -> tuple[int, int]:
     if distributed.is_enabled():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+def training_device() -> torch.device:
+    """This rank's GPU (``LOCAL_RANK``) when CUDA is available, else the CPU."""
+    if torch.cuda.is_available():
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+        return device
+    return torch.device("cpu")
+
+
+def _to_device(batch: dict, device: torch.device) -> dict:
+    if device.type == "cpu":
+        return batch
+    return {
+        k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+        for k, v in batch.items()
+    }
 
 
 def _crop_config(cfg: PretrainConfig) -> MultiCropConfig:
@@ -119,9 +141,11 @@ def train(
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
 
+    device = training_device()
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-    model = SSLMetaArch(cfg)
+    model = SSLMetaArch(cfg).to(device)
     model.train()
+    strategy = prepare_model(model, cfg.parallel, device)  # before the optimizer: it shards
     groups = build_param_groups(
         model.student.backbone, model.student.heads(), model.depth, cfg.optim
     )
@@ -164,7 +188,7 @@ def train(
     iteration = start
     started = time.perf_counter()
     for iteration in range(start, end):
-        batch = next(batches)
+        batch = _to_device(next(batches), device)
         values = schedules.at(iteration)
         apply_schedules(optimizer, values["lr"], values["weight_decay"], values["last_layer_lr"])
         optimizer.zero_grad(set_to_none=True)
@@ -176,7 +200,8 @@ def train(
                 f"the optimizer step. Last good checkpoint: {last_checkpoint or 'none'}. "
                 "Lower optim.base_lr or raise optim.warmup_epochs"
             )
-        average_gradients(model.student)
+        if strategy == "ddp":
+            average_gradients(model.student)
         model.clip_gradients(cfg.optim.clip_grad)
         optimizer.step()
         model.update_teacher(values["momentum"])
@@ -197,6 +222,7 @@ def train(
             model.ibot_patch_loss.apply_center_update()
             extra = {
                 "iteration": done,
+                "world_size": world_size,
                 "samples_seen": position.advanced(
                     done - start, cfg.batch_size_per_rank, world_size
                 ).samples_seen,
@@ -228,6 +254,10 @@ def main(argv: list[str] | None = None) -> int:
         train(cfg, ns.source, ns.out, ns.max_iterations)
     finally:
         if distributed.is_enabled():
+            # Free the sharded model (FSDP holds reference cycles) and the collectives' buffers
+            # while the interpreter is whole: gloo work objects still alive at interpreter
+            # teardown can abort the process (pytorch/pytorch#179291).
+            gc.collect()
             dist.destroy_process_group()
     return 0
 

@@ -23,6 +23,7 @@ from pretrain.loss import DINOLoss, KoLeoLoss, iBOTPatchLoss
 from pretrain.models import build_model
 from pretrain.models.vision_transformer import DinoVisionTransformer
 from pretrain.train.config import BackboneConfig, LossConfig, PretrainConfig
+from pretrain.train.fsdp import clip_grad_norm, ema_update_
 
 
 def build_backbone(cfg: BackboneConfig, img_size: int, teacher: bool) -> DinoVisionTransformer:
@@ -65,6 +66,17 @@ class Network(nn.Module):
 
     def get_ibot_head(self) -> DINOHead:
         return self.dino_head if self.shared_heads else self.ibot_head
+
+    def head_outputs(
+        self, cls_tokens: torch.Tensor, patch_tokens: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(DINO logits of cls_tokens, iBOT logits of patch_tokens)``. A shared head runs
+        once on both, as the official code does: its prototype matrix (65,536 rows) is
+        normalised, gathered under FSDP and differentiated once per step, not per input."""
+        if not self.shared_heads:
+            return self.dino_head(cls_tokens), self.ibot_head(patch_tokens)
+        logits = self.dino_head(torch.cat([cls_tokens, patch_tokens]))
+        return logits.split([len(cls_tokens), len(patch_tokens)])
 
     def sub_networks(self) -> dict[str, nn.Module]:
         """The parts clipped separately, as the official loop does."""
@@ -126,13 +138,13 @@ class SSLMetaArch(nn.Module):
         global crop learns from the other one) and patch targets at the masked positions."""
         global_crops = batch["collated_global_crops"]
         n_global = 2
-        out = self.teacher.backbone.forward_features(global_crops)
+        # Called as a module (not .forward_features) so FSDP's hooks gather the parameters.
+        out = self.teacher.backbone(global_crops, is_training=True)
         cls = out["x_norm_clstoken"]
         batch_size = cls.shape[0] // n_global
         cls = torch.cat(cls.chunk(n_global)[::-1])  # A <-> B
         patches = out["x_norm_patchtokens"].flatten(0, 1)[batch["mask_indices_list"]]
-        cls_logits = self.teacher.dino_head(cls)
-        patch_logits = self.teacher.get_ibot_head()(patches)
+        cls_logits, patch_logits = self.teacher.head_outputs(cls, patches)
         if self.cfg.loss.centering == "softmax":
             dino = self.dino_loss.softmax_center_teacher(cls_logits, teacher_temp)
             self.dino_loss.update_center(cls_logits)
@@ -152,20 +164,20 @@ class SSLMetaArch(nn.Module):
         masks = batch["collated_masks"]
         has_local = local_crops.numel() > 0
         inputs = [global_crops, local_crops] if has_local else [global_crops]
-        outs = self.student.backbone.forward_features(inputs, [masks] + [None] * has_local)
+        outs = self.student.backbone(inputs, [masks] + [None] * has_local, is_training=True)
         global_out = outs[0]
         patches = global_out["x_norm_patchtokens"].flatten(0, 1)[batch["mask_indices_list"]]
         global_cls = global_out["x_norm_clstoken"]
-        local_logits = (
-            self.student.dino_head(outs[1]["x_norm_clstoken"])
-            if has_local
-            else global_cls.new_zeros(0, self.cfg.loss.dino_head.out_dim)
+        local_cls = outs[1]["x_norm_clstoken"] if has_local else global_cls[:0]
+        cls_logits, patch_logits = self.student.head_outputs(
+            torch.cat([global_cls, local_cls]), patches
         )
+        global_logits, local_logits = cls_logits.split([len(global_cls), len(local_cls)])
         return StudentOutputs(
             global_cls=global_cls,
-            global_logits=self.student.dino_head(global_cls),
+            global_logits=global_logits,
             local_logits=local_logits,
-            masked_patch_logits=self.student.get_ibot_head()(patches),
+            masked_patch_logits=patch_logits,
         )
 
     def dino_losses(
@@ -227,17 +239,19 @@ class SSLMetaArch(nn.Module):
         return total.detach(), {k: float(v) for k, v in loss_dict.items()}
 
     def clip_gradients(self, max_norm: float) -> dict[str, float]:
-        """Clip each student sub-network separately; return the norms before clipping."""
+        """Clip each student sub-network separately; return the norms before clipping
+        (global norms when the gradients are sharded)."""
         norms = {}
         for name, module in self.student.sub_networks().items():
             params = [p for p in module.parameters() if p.grad is not None]
             if params:
-                norms[name] = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+                norms[name] = clip_grad_norm(params, max_norm)
         return norms
 
     @torch.no_grad()
     def update_teacher(self, momentum: float) -> None:
-        """``teacher <- m * teacher + (1 - m) * student`` for backbone and heads."""
+        """``teacher <- m * teacher + (1 - m) * student`` for backbone and heads (on each
+        rank's shards when sharded)."""
         student = dict(self.student.named_parameters())
-        for name, teacher_param in self.teacher.named_parameters():
-            teacher_param.mul_(momentum).add_(student[name].detach(), alpha=1 - momentum)
+        pairs = [(t, student[name]) for name, t in self.teacher.named_parameters()]
+        ema_update_([t for t, _ in pairs], [s for _, s in pairs], momentum)

@@ -78,8 +78,16 @@ def build_param_groups(
 
 
 def build_optimizer(param_groups: list[dict[str, Any]], cfg: OptimConfig) -> torch.optim.AdamW:
+    """AdamW over the groups; the fused kernel (one pass per tensor) where the parameters
+    allow it: on CPU it is an order of magnitude faster than the per-tensor loop."""
+    params = [p for group in param_groups for p in group["params"]]
+    fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
     return torch.optim.AdamW(
-        param_groups, lr=0.0, weight_decay=0.0, betas=(cfg.adamw_beta1, cfg.adamw_beta2)
+        param_groups,
+        lr=0.0,
+        weight_decay=0.0,
+        betas=(cfg.adamw_beta1, cfg.adamw_beta2),
+        fused=fused,
     )
 
 

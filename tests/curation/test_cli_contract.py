@@ -404,6 +404,34 @@ ROWS = [
     row("report_not_a_run", "report", "empty", expect="empty holds no run"),
     row("report_out_under_file", "report", "empty", "--out", "a_file/r.html", expect="a_file is a"),
     row("report_out_is_folder", "report", "empty", "--out", "empty", expect="empty is a folder"),
+    # checkpoint consolidate: OUT checked first, then the checkpoint, before anything is read
+    row("checkpoint_no_action", "checkpoint", expect="required: ACTION"),
+    row("checkpoint_no_paths", "checkpoint", "consolidate", expect="required: CKPT_DIR, OUT.pth"),
+    row(
+        "checkpoint_missing",
+        *("checkpoint", "consolidate", "nope", "out.pth"),
+        expect="nope does not exist",
+    ),
+    row(
+        "checkpoint_not_a_checkpoint",
+        *("checkpoint", "consolidate", "empty", "out.pth"),
+        expect="empty holds no training checkpoint",
+    ),
+    row(
+        "checkpoint_is_a_file",
+        *("checkpoint", "consolidate", "a_file", "out.pth"),
+        expect="a_file is a file",
+    ),
+    row(
+        "checkpoint_out_under_file",
+        *("checkpoint", "consolidate", "empty", "a_file/out.pth", "--teacher-backbone"),
+        expect="a_file is a file",
+    ),
+    row(
+        "checkpoint_out_is_folder",
+        *("checkpoint", "consolidate", "empty", "{root}/empty"),
+        expect="{root}/empty is a folder",
+    ),
     # run: the pipeline file, then what it must name
     row("run_no_pipeline", "run", expect="give the pipeline file first"),
     row("run_pipeline_missing", "run", "nope.yaml", expect="nope.yaml does not exist"),

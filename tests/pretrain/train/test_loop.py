@@ -1,4 +1,5 @@
 import dataclasses
+import gc
 import json
 import os
 import socket
@@ -55,7 +56,17 @@ def _two_rank_runs(rank, world_size, port, source, root):
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
     cfg = loop_config()
+    keys, forward_backward = [], SSLMetaArch.forward_backward
+
+    def recording(self, batch, teacher_temp):
+        keys.append(list(batch["keys"]))
+        return forward_backward(self, batch, teacher_temp)
+
+    SSLMetaArch.forward_backward = recording
     full = train(cfg, source, f"{root}/full")
+    SSLMetaArch.forward_backward = forward_backward
+    keys_by_rank = [None] * world_size
+    torch.distributed.all_gather_object(keys_by_rank, keys)
     first = train(cfg, source, f"{root}/resumed", max_iterations=KILLED_AFTER)
     # A save that crashed half-way must be ignored by the resume.
     if rank == 0:
@@ -64,8 +75,16 @@ def _two_rank_runs(rank, world_size, port, source, root):
     resumed = train(cfg, source, f"{root}/resumed")
     if rank == 0:
         Path(f"{root}/losses.json").write_text(
-            json.dumps({"full": full.losses, "first": first.losses, "resumed": resumed.losses})
+            json.dumps(
+                {
+                    "full": full.losses,
+                    "first": first.losses,
+                    "resumed": resumed.losses,
+                    "keys": keys_by_rank,
+                }
+            )
         )
+    gc.collect()  # sharded models hold reference cycles: free them before the group goes
     torch.distributed.destroy_process_group()
 
 
@@ -92,6 +111,18 @@ def test_two_gloo_ranks_train_and_the_loss_falls(two_rank_result):
         "iter_00000006",
         "iter_00000008",
     ]
+
+
+def test_ranks_see_disjoint_tar_samples_that_cover_each_epoch(two_rank_result):
+    _, losses = two_rank_result
+    per_epoch = ITERATIONS // 2  # 32 images / (4 per rank * 2 ranks)
+    rank0, rank1 = losses["keys"]
+    for epoch in range(2):
+        steps = slice(epoch * per_epoch, (epoch + 1) * per_epoch)
+        seen0 = [k for batch in rank0[steps] for k in batch]
+        seen1 = [k for batch in rank1[steps] for k in batch]
+        assert not set(seen0) & set(seen1)
+        assert sorted(seen0 + seen1) == [f"k{i:03d}" for i in range(32)]
 
 
 def test_killed_and_resumed_run_repeats_the_uninterrupted_losses(two_rank_result):
