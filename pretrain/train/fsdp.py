@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
@@ -38,8 +38,8 @@ from torch.utils.checkpoint import checkpoint
 from pretrain import distributed
 from pretrain.train.config import ParallelConfig
 
-if TYPE_CHECKING:  # meta_arch imports this module's tensor helpers
-    from pretrain.train.meta_arch import Network, SSLMetaArch
+# The models are meta_arch's Network (backbone + heads) and SSLMetaArch (student + teacher),
+# typed as nn.Module here: meta_arch imports this module's tensor helpers.
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ def _wrap_block_forward(block: nn.Module, checkpointed: bool, compiled: bool) ->
     block.forward = forward
 
 
-def wrap_blocks(network: Network, activation_checkpointing: bool, compile_blocks: bool) -> None:
+def wrap_blocks(network: nn.Module, activation_checkpointing: bool, compile_blocks: bool) -> None:
     """Activation checkpointing and/or ``torch.compile`` per transformer block."""
     if not (activation_checkpointing or compile_blocks):
         return
@@ -127,7 +127,7 @@ def mixed_precision_policy(
 
 
 def shard_network(
-    network: Network,
+    network: nn.Module,
     mesh: DeviceMesh,
     mixed_precision: str = "auto",
     reshard_after_forward: bool = True,
@@ -155,14 +155,14 @@ def build_mesh(device: torch.device) -> DeviceMesh:
     return init_device_mesh(device.type, (distributed.get_world_size(),))
 
 
-def shard_model(model: SSLMetaArch, mesh: DeviceMesh, cfg: ParallelConfig) -> None:
+def shard_model(model: nn.Module, mesh: DeviceMesh, cfg: ParallelConfig) -> None:
     """Shard student and teacher alike (so the EMA can pair local shards). The teacher is
     resharded after its forward whatever the setting: it has no backward to do it."""
     shard_network(model.student, mesh, cfg.mixed_precision, cfg.reshard_after_forward)
     shard_network(model.teacher, mesh, cfg.mixed_precision, reshard_after_forward=True)
 
 
-def prepare_model(model: SSLMetaArch, cfg: ParallelConfig, device: torch.device) -> str:
+def prepare_model(model: nn.Module, cfg: ParallelConfig, device: torch.device) -> str:
     """Apply the block wrappers and the parallel strategy; return the strategy in use
     (``fsdp``, ``ddp`` or ``single`` without a process group). Build the optimizer after
     this: sharding replaces the parameters."""
