@@ -78,7 +78,7 @@ class DemoConfig:
     pretrain: bool = True
     pretrain_width: int = 192  # ViT-Ti's width, 64-wide heads
     pretrain_depth: int = 4
-    pretrain_iterations: int = 100
+    pretrain_iterations: int = 60
     pretrain_batch_size: int = 16
     pretrain_workers: int = 1
     pretrain_prototypes: int = 1024

@@ -36,6 +36,7 @@ from curation.readers.embeddings import read_embeddings
 from curation.report import write_report
 from curation.rundir import StageDir
 from curation.runner import TABLE_OUTPUT
+from curation.stages.copy_dedup import CopyDedupConfig
 from curation.synth import SynthWeb, SynthWebServer, generate_synthetic_web, write_url_list
 from curation.train_descriptor.data import shard_loaders
 from curation.train_descriptor.evaluate import calibrate_on_synthetic_web
@@ -101,6 +102,7 @@ def run_demo(cfg: CurationConfig) -> DemoResult:
             stats["embed_sscd"] = run_embed(replace(cfg, embed=embed), engine, unique)
             stats["copy_detection"] = score_planted_copies(run.stage("embed_sscd"), unique, web)
             cfg = replace(cfg, embed=embed)
+            cfg = replace(cfg, dedup=eval_threshold(cfg.dedup, stats.get("calibration")))
             if cfg.demo.dedup:
                 evals = embed_eval_set(cfg, engine, web) if cfg.demo.decontaminate else None
                 stats["dedup"] = run_dedup(cfg, engine, records=unique, eval_sets=evals)
@@ -116,6 +118,23 @@ def run_demo(cfg: CurationConfig) -> DemoResult:
     write_summary(stats, run.root, seconds)
     stats["report"] = {"path": str(write_report(str(run.root)))}
     return DemoResult(run_dir=run.root, stats=stats, seconds=seconds)
+
+
+def eval_threshold(dedup: CopyDedupConfig, calibration: dict | None) -> CopyDedupConfig:
+    """The decontamination threshold for the demo's descriptor: SPEC's raw cosine 0.45 is
+    SSCD's scale; the descriptor trained here puts unrelated images far above it (on the synthetic
+    web every pool image had an evaluation image above 0.45). With a cosine calibration, images
+    count as copies of an evaluation image above the calibrated copy threshold (chosen for
+    precision 0.95 on the tuning web); a threshold set in the config is kept."""
+    calibration = calibration or {}
+    default = CopyDedupConfig().eval_threshold
+    if (
+        calibration.get("kind") == "cosine"
+        and calibration.get("threshold") is not None
+        and dedup.eval_threshold == default
+    ):
+        return replace(dedup, eval_threshold=float(calibration["threshold"]))
+    return dedup
 
 
 def calibrate(cfg: CurationConfig, checkpoint: Path) -> dict:
