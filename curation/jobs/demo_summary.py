@@ -73,7 +73,7 @@ def summary_lines(stats: dict, run_dir: Path, seconds: float) -> list[str]:
             f"  decontamination  {decon['eval_copies_removed']} of {decon['eval_copies_in_pool']} "
             f"planted evaluation-set copies removed ({decon['other_images_removed']} other images)"
         )
-    clusters = (stats.get("cluster") or {}).get("clusters", {})
+    clusters = stats.get("cluster") or {}
     if clusters:
         sizes = clusters.get("sizes", {})
         k = (stats.get("cluster") or {}).get("cluster_centroids", {}).get("k")
