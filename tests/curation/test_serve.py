@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from curation.cli import build_parser
+from curation.cli import build_parser, main
 from curation.config import ConfigError, load_config
 from curation.jobs.config import CurationConfig
 from curation.serve.app import ServeConfig, make_server
@@ -506,6 +506,11 @@ def test_token_from_env_must_be_long_enough(monkeypatch, tmp_path):
     file = tmp_path / "token"
     file.write_text(RAY_TOKEN + "\n")
     assert load_token(file) == RAY_TOKEN  # the file wins over the environment
+
+
+def test_the_command_refuses_a_missing_runs_root_in_one_line(tmp_path, capsys):
+    assert main(["serve", "--runs", str(tmp_path / "nope")]) == 2
+    assert capsys.readouterr().err.strip().endswith("does not exist")
 
 
 def test_listens_on_localhost_by_default():

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import shutil
 
 import numpy as np
@@ -19,6 +20,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
+from curation.cli import main
 from curation.config import ConfigError
 from curation.engines import get_engine
 from curation.io import write_json_atomic, write_parquet_atomic
@@ -249,3 +251,21 @@ def test_only_images_the_copy_dedup_kept_are_retrieved(web_run, tmp_path):
     selected = set(pq.read_table(cfg.run_dir.stage("retrieval").outputs())["key"].to_pylist())
     assert selected and selected <= set(kept["key"].to_pylist())
     assert stats["retrieval"]["per_seed"]["web/sample/not_in_kept_pool"] > 0
+
+
+def test_lvd_cluster_and_retrieve_commands(web_run, tmp_path, capsys):
+    cfg, classes, seed_classes, seed_folder, _ = web_run
+    copy = _copy_run(cfg, tmp_path, "cli")
+    for stage in ("cluster_centroids", "clusters"):
+        shutil.rmtree(copy.run_dir.root / stage)
+    where = [f"runs_dir={copy.runs_dir}", f"name={copy.name}"]
+    assert main(["cluster", *where, "cluster.k=6"]) == 0
+    clusters = pq.read_table(copy.run_dir.stage("clusters").outputs())
+    assert clusters.num_rows == pq.read_table(cfg.run_dir.stage("clusters").outputs()).num_rows
+    capsys.readouterr()
+    assert main(["retrieve", "--seed", f"web={seed_folder}", *where]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    selection = pq.read_table(copy.run_dir.stage("retrieval").outputs())
+    keys = set(selection.column("key").to_pylist())
+    assert stats["retrieval"]["images"] == len(keys) > 0
+    assert np.mean([classes[k] in seed_classes for k in keys]) >= 0.9

@@ -223,10 +223,9 @@ def test_lvd_shards_command(tmp_path, capsys):
     cfg = _config(tmp_path, "cli")
     table, expected = write_sources(cfg.run_dir.root)
     split_sources(cfg.run_dir.root / "chosen", table, 2)
-    argv = ["shards", "--sources", str(cfg.run_dir.root / "chosen"), "--run", "cli"]
-    code = main(
-        [*argv, f"runs_dir={tmp_path}", "shards.format=parquet", "shards.samples_per_shard=4"]
-    )
+    chosen = str(cfg.run_dir.root / "chosen")
+    settings = [f"runs_dir={tmp_path}", "shards.format=parquet", "shards.samples_per_shard=4"]
+    code = main(["shards", "--sources", chosen, "--run", "cli", *settings])
     assert code == 0
     stats = json.loads(capsys.readouterr().out)
     assert stats["shards"]["format"] == "parquet" and stats["shards"]["rows_out"] == len(expected)
