@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+
 import faiss
 import numpy as np
 import pyarrow as pa
 import pytest
 
 from curation.index import kmeans
+from curation.index import lloyd as lloyd_module
 from curation.index.kmeans import (
     ClusterLevel,
     ClusterTree,
@@ -20,6 +23,7 @@ from curation.index.kmeans import (
     scaled_levels,
     train_kmeans,
 )
+from curation.index.lloyd import _hartigan_moves, _Lloyd, lloyd
 from schemas import CLUSTER_ASSIGNMENT_SCHEMA, SchemaError
 
 
@@ -60,13 +64,13 @@ def test_kmeans_recovers_separated_blobs():
 
 def test_kmeans_trains_on_a_sample_when_the_pool_is_larger(monkeypatch):
     trained_on = []
-    real = kmeans.train_centroids
+    real = kmeans.lloyd
 
-    def spy(sample, n_centroids, **kwargs):
+    def spy(sample, centroids, iterations, **kwargs):
         trained_on.append(len(sample))
-        return real(sample, n_centroids, **kwargs)
+        return real(sample, centroids, iterations, **kwargs)
 
-    monkeypatch.setattr(kmeans, "train_centroids", spy)
+    monkeypatch.setattr(kmeans, "lloyd", spy)
     x, labels = blobs([400] * 10, seed=2)
     centroids = train_kmeans(x, KMeansConfig(k=10, max_train_points=500, seed=3))
     assert trained_on == [500]
@@ -91,15 +95,176 @@ def test_kmeans_is_deterministic_for_a_seed():
 
 
 def test_kmeans_plus_plus_beats_random_init_on_blobs():
-    """Random initial centroids leave blobs merged: the reason k-means++ is the default."""
-    pure = {"kmeans++": 0, "random": 0}
+    """Under plain Lloyd, random initial centroids leave blobs merged (the reason k-means++ is
+    the default); the split/merge moves recover every blob from a random start too."""
+    pure = {"kmeans++": 0, "random": 0, "random, reassigned": 0}
     for seed in range(5):
         x, labels = blobs([300] * 10, seed=seed)
-        for init in pure:
-            centroids = train_kmeans(x, KMeansConfig(k=10, seed=seed, init=init))
-            pure[init] += int(purity(assign(x, centroids)[0], labels) == 1.0)
+        for name, init, reassign in [
+            ("kmeans++", "kmeans++", False),
+            ("random", "random", False),
+            ("random, reassigned", "random", True),
+        ]:
+            config = KMeansConfig(k=10, seed=seed, init=init, reassign=reassign)
+            pure[name] += int(purity(assign(x, train_kmeans(x, config))[0], labels) == 1.0)
     print("runs with every blob recovered (of 5):", pure)
-    assert pure["kmeans++"] == 5 and pure["random"] < 5
+    assert pure["kmeans++"] == 5 and pure["random"] < 5 and pure["random, reassigned"] == 5
+
+
+def bad_start(x: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """One row of each blob but the last, and a second row of blob 0: Lloyd from here keeps
+    blob 0 split between two centroids and the last blob sharing a centroid with another."""
+    first = [np.flatnonzero(labels == blob)[0] for blob in range(labels.max())]
+    return x[first + [np.flatnonzero(labels == 0)[-1]]]
+
+
+@pytest.mark.parametrize("spherical", [True, False])
+def test_reassignment_recovers_blobs_from_a_bad_start(spherical):
+    x, labels = blobs([300] * 10, seed=9)
+    start = bad_start(x, labels)
+    plain = lloyd(x, start, 20, spherical=spherical, reassign=False)
+    moved = lloyd(x, start, 20, spherical=spherical, reassign=True)
+    plain_ids, plain_dist = assign(x, plain)
+    moved_ids, moved_dist = assign(x, moved)
+    assert purity(plain_ids, labels) < 1.0  # the bad start is a local minimum of Lloyd
+    assert purity(moved_ids, labels) == 1.0 and len(np.unique(moved_ids)) == 10
+    assert moved_dist.sum() < 0.5 * plain_dist.sum()
+
+
+def iteration_logs(caplog) -> list[tuple]:
+    """The arguments of Lloyd's per-iteration debug lines: (iteration, cost, empty clusters,
+    split/merge moves, rows moved by Hartigan)."""
+    return [
+        r.args
+        for r in caplog.records
+        if r.name == "curation.index.lloyd" and r.msg.startswith("iteration")
+    ]
+
+
+def iteration_costs(caplog) -> list[float]:
+    return [args[1] for args in iteration_logs(caplog)]
+
+
+@pytest.mark.parametrize("spherical", [True, False])
+def test_split_merge_moves_never_raise_the_objective(caplog, spherical):
+    """A move is made only when its split gain exceeds its merge cost, both exact on the current
+    partition, so the cost of each assignment is never above the one before."""
+    caplog.set_level(logging.DEBUG, logger="curation.index.lloyd")
+    x, labels = blobs([400, 200, 100, 50, 25, 25, 10, 10] * 3, noise=0.8, seed=10)
+    start = x[np.random.default_rng(0).choice(len(x), 30, replace=False)]
+    centroids = lloyd(x, start, 15, spherical=spherical, seed=3, hartigan=False)
+    costs = iteration_costs(caplog)
+    moves = sum(args[3] for args in iteration_logs(caplog))
+    assert len(costs) == 15 and moves > 0
+    assert all(later <= earlier * (1 + 1e-6) for earlier, later in zip(costs, costs[1:]))
+    final = assign(x, centroids)[1].sum(dtype=np.float64)
+    assert final <= costs[-1] * (1 + 1e-6)
+    plain = lloyd(x, start, 15, spherical=spherical, reassign=False)
+    assert final < assign(x, plain)[1].sum(dtype=np.float64)
+
+
+def test_hartigan_moves_are_exactly_the_rows_whose_single_move_lowers_the_cost():
+    """Hartigan's criterion, checked row by row against the cost recomputed from scratch after
+    moving that row alone to its second-nearest cluster (centroids: the partition's means)."""
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((60, 4)).astype(np.float32)
+    part = np.repeat(np.arange(6), [2, 3, 5, 10, 15, 25])
+    means = np.stack([x[part == c].mean(axis=0) for c in range(6)])
+    squared = ((x[:, None, :] - means[None]) ** 2).sum(axis=2)
+    nearest = np.argsort(squared, axis=1)[:, :2]
+    labels = nearest.copy()
+    labels[:, 0] = part  # each row's own cluster first, its nearest other cluster second
+    labels[:, 1] = np.where(nearest[:, 0] == part, nearest[:, 1], nearest[:, 0])
+    distance = np.take_along_axis(squared, labels, axis=1).astype(np.float32)
+
+    def cost(assignment):
+        return sum(
+            ((x[assignment == c] - x[assignment == c].mean(axis=0)) ** 2).sum()
+            for c in set(assignment)
+        )
+
+    before = cost(part)
+    moves = _hartigan_moves(labels, distance, 6)
+    for row in range(len(x)):
+        moved = part.copy()
+        moved[row] = labels[row, 1]
+        lowers = np.bincount(part)[part[row]] > 1 and cost(moved) < before - 1e-9
+        assert moves[row] == lowers, row
+    assert 0 < moves.sum() < len(x)
+
+
+def test_hartigan_moves_lower_the_cost_lloyd_stops_at():
+    x, _ = blobs([400, 200, 100, 50, 25, 25, 10, 10] * 3, noise=0.8, seed=13)
+    start = x[np.random.default_rng(1).choice(len(x), 30, replace=False)]
+    for spherical in (True, False):
+        plain = lloyd(x, start, 20, spherical=spherical, reassign=False)
+        moved = lloyd(x, start, 20, spherical=spherical, reassign=False, hartigan=True)
+        assert assign(x, moved)[1].sum() < assign(x, plain)[1].sum()
+
+
+def test_lloyd_stops_once_the_partition_is_fixed(caplog):
+    caplog.set_level(logging.DEBUG, logger="curation.index.lloyd")
+    x, labels = blobs([300] * 10, seed=14)
+    start = x[[np.flatnonzero(labels == blob)[0] for blob in range(10)]]  # one row per blob
+    short = lloyd(x, start, 30, reassign=False)
+    assert any("converged after" in r.getMessage() for r in caplog.records)
+    assert len(iteration_costs(caplog)) < 30
+    np.testing.assert_array_equal(short, lloyd(x, start, 60, reassign=False))
+
+
+@pytest.mark.parametrize("spherical", [True, False])
+def test_pruned_search_finds_the_nearest_centroid_of_every_row(spherical):
+    """The pruned search compares a row with its reference cluster's neighbouring centroids
+    only where the triangle inequality proves that enough: its nearest centroid is the full
+    search's for every row, whatever the reference partition (a stale one included)."""
+    x, _ = blobs([60] * 120, d=24, noise=0.6, seed=21)
+    rng = np.random.default_rng(2)
+    centroids = x[rng.choice(len(x), 100, replace=False)]
+    run = _Lloyd(x, 100, spherical, seed=0, batch_size=1000, use_gpu=False)
+    full_labels, full_distance = run.assign(centroids)
+    stale = full_labels[:, 0].copy()
+    moved = rng.random(len(x)) < 0.3
+    stale[moved] = rng.integers(100, size=int(moved.sum()))
+    for reference in (full_labels[:, 0], stale):
+        run.sort_rows(reference)
+        labels, distance, held = run.assign_pruned(centroids)
+        np.testing.assert_allclose(distance[:, 0], full_distance[:, 0], rtol=1e-4, atol=1e-5)
+        assert (labels[:, 0] == full_labels[:, 0]).mean() > 0.999  # ties aside
+        assert (distance[:, 1] >= distance[:, 0]).all() and (labels[:, 1] != labels[:, 0]).all()
+        assert 0 < held < 1
+
+
+def test_lloyd_with_pruned_searches_equals_lloyd_with_full_ones(monkeypatch):
+    """The pruned search is exact for the nearest centroid, so plain Lloyd makes the same
+    partitions and centroids with it as with a full search every iteration."""
+    x, _ = blobs([80] * 100, d=24, noise=0.4, seed=22)
+    start = x[np.random.default_rng(3).choice(len(x), 90, replace=False)]
+    calls = []
+    original = _Lloyd.assign_pruned
+    monkeypatch.setattr(
+        _Lloyd, "assign_pruned", lambda self, c: calls.append(1) or original(self, c)
+    )
+    pruned = lloyd(x, start, 12, reassign=False)
+    assert len(calls) >= 5
+    monkeypatch.setattr(lloyd_module, "PRUNE_MIN_K", 10**9)
+    calls.clear()
+    full = lloyd(x, start, 12, reassign=False)
+    assert not calls
+    np.testing.assert_allclose(pruned, full, atol=1e-5)
+
+
+def test_euclidean_mode_keeps_free_means():
+    """spherical=False is plain k-means on the unit rows: each centroid is the mean of its rows
+    (shorter than 1), which lowers the squared-L2 cost below the spherical centroids'."""
+    x, _ = blobs([300] * 10, noise=0.3, seed=11)
+    free = train_kmeans(x, KMeansConfig(k=10, seed=1, spherical=False, max_train_points=3000))
+    unit = train_kmeans(x, KMeansConfig(k=10, seed=1))
+    np.testing.assert_allclose(np.linalg.norm(unit, axis=1), 1.0, atol=1e-5)
+    assert (np.linalg.norm(free, axis=1) < 0.99).all()
+    ids, dist = assign(x, free)
+    means = np.stack([x[ids == c].mean(axis=0) for c in range(10)])
+    np.testing.assert_allclose(free, means, atol=1e-5)  # a fixed point of Lloyd's update
+    assert dist.sum() < assign(x, unit)[1].sum()
 
 
 # -- assignment --------------------------------------------------------------------------------
@@ -175,6 +340,8 @@ def test_assignment_table_matches_the_schema():
         ({"k": 40, "max_train_points": 39}, "KMeansConfig.max_train_points"),
         ({"k": 4, "init": "k-means||"}, "KMeansConfig.init"),
         ({"k": True}, "KMeansConfig.k"),
+        ({"k": 4, "spherical": 1}, "KMeansConfig.spherical"),
+        ({"k": 4, "reassign": None}, "KMeansConfig.reassign"),
     ],
 )
 def test_kmeans_config_errors_name_the_field(kwargs, field):
