@@ -6,6 +6,7 @@ import argparse
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 
@@ -16,7 +17,9 @@ def register(sub) -> None:
         description="Training settings are config keys, e.g. backbone.arch=vit_small "
         "batch_size_per_rank=32 optim.epochs=10 crops.global_crops_size=224 "
         "(see pretrain/train/config.py, PretrainConfig). Rerunning with the same --out "
-        "resumes from its newest checkpoint at the exact next sample.",
+        "resumes from its newest checkpoint at the exact next sample. A final "
+        "high-resolution phase: high_res.iterations=N high_res.global_crops_size=518 "
+        "(pretrain/train/high_res.py).",
     )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument(
@@ -39,6 +42,15 @@ def register(sub) -> None:
         "--max-iterations", type=int, help="stop (with a checkpoint) after this many iterations"
     )
     parser.add_argument(
+        "--distill-from",
+        type=Path,
+        metavar="CKPT",
+        help="distill the configured (smaller) student from this frozen teacher: an lvd "
+        "pretrain checkpoint with its heads (iter_NNNNNNNN folder, run folder, or a file of "
+        "`lvd checkpoint consolidate` without --teacher-backbone); the student's "
+        "loss.dino_head.out_dim must be the teacher's. Give it again to resume",
+    )
+    parser.add_argument(
         "--config", type=Path, action="append", default=[], help="YAML config overlay (repeatable)"
     )
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
@@ -50,9 +62,19 @@ def check_inputs(ns: argparse.Namespace):
     from curation.commands.common import check_output_folder
     from curation.config import ConfigError, load_config
     from pretrain.data.shards import ShardFormatError, open_catalog
-    from pretrain.train.config import PretrainConfig, PretrainConfigError
+    from pretrain.train.checkpoint import latest_checkpoint
+    from pretrain.train.config import DistillConfig, PretrainConfig, PretrainConfigError
+    from pretrain.train.distill import (
+        check_resume,
+        check_teacher_fits,
+        describe_teacher,
+        distillation_config,
+    )
+    from pretrain.train.loop import CHECKPOINT_FOLDER
 
     cfg = load_config(PretrainConfig, ns.config, ns.overrides)
+    if ns.distill_from is not None:
+        cfg = replace(cfg, distill=DistillConfig(str(ns.distill_from)))
     source = ns.shards if ns.shards is not None else ns.images
     if ns.nproc_per_node < 1:
         raise ConfigError(f"--nproc-per-node must be >= 1, got {ns.nproc_per_node}")
@@ -62,6 +84,12 @@ def check_inputs(ns: argparse.Namespace):
     try:
         catalog = open_catalog(source)
         cfg.check(world_size=ns.nproc_per_node, num_sources=len(catalog))
+        if cfg.distill.teacher_checkpoint:
+            cfg = distillation_config(cfg)
+            check_teacher_fits(cfg, describe_teacher(cfg.distill.teacher_checkpoint))
+        resume_from = latest_checkpoint(ns.out / CHECKPOINT_FOLDER)
+        if resume_from is not None:
+            check_resume(resume_from, cfg)
     except (ShardFormatError, PretrainConfigError) as exc:
         raise ConfigError(str(exc)) from exc
     return cfg, str(source)
@@ -99,6 +127,8 @@ def _launch_torchrun(ns: argparse.Namespace, source: str) -> int:
     ]
     for path in ns.config:
         command += ["--config", str(path)]
+    if ns.distill_from is not None:
+        command += ["--distill-from", str(ns.distill_from)]
     if ns.max_iterations is not None:
         command += ["--max-iterations", str(ns.max_iterations)]
     return subprocess.run([*command, *ns.overrides], check=False).returncode

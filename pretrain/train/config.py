@@ -105,12 +105,34 @@ class ParallelConfig:
 
 
 @dataclass(frozen=True)
+class HighResConfig:
+    """The final high-resolution phase (:mod:`pretrain.train.high_res`): the last
+    ``iterations`` of the run with global crops of ``global_crops_size`` (and local crops of
+    ``local_crops_size``; None keeps ``crops.local_crops_size``). 0 iterations: no phase."""
+
+    iterations: int = 0
+    global_crops_size: int = 518
+    local_crops_size: int | None = None
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Distillation from a frozen, larger teacher (:mod:`pretrain.train.distill`):
+    ``teacher_checkpoint`` is one of our training checkpoints (with its heads); None trains
+    by self-distillation as usual."""
+
+    teacher_checkpoint: str | None = None
+
+
+@dataclass(frozen=True)
 class PretrainConfig:
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     crops: CropConfig = field(default_factory=CropConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    high_res: HighResConfig = field(default_factory=HighResConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     batch_size_per_rank: int = 64
     num_workers: int = 8
     seed: int = 0
@@ -120,11 +142,17 @@ class PretrainConfig:
     def check(self, world_size: int = 1, num_sources: int | None = None) -> None:
         """Refuse configurations that cannot work, saying what to change."""
         patch = self.backbone.patch_size
-        for name in ("global_crops_size", "local_crops_size"):
-            size = getattr(self.crops, name)
+        sizes = {
+            f"crops.{n}": getattr(self.crops, n) for n in ("global_crops_size", "local_crops_size")
+        }
+        if self.high_res.iterations:
+            sizes["high_res.global_crops_size"] = self.high_res.global_crops_size
+            if self.high_res.local_crops_size is not None:
+                sizes["high_res.local_crops_size"] = self.high_res.local_crops_size
+        for name, size in sizes.items():
             if size % patch:
                 raise PretrainConfigError(
-                    f"crops.{name}={size} is not a multiple of the patch size {patch}; "
+                    f"{name}={size} is not a multiple of the patch size {patch}; "
                     f"use e.g. {max(patch, size // patch * patch)}"
                 )
         if self.loss.koleo_weight > 0 and self.batch_size_per_rank < 2:
@@ -141,3 +169,8 @@ class PretrainConfig:
             )
         if self.optim.total_iterations < 1:
             raise PretrainConfigError("optim.epochs * optim.iterations_per_epoch must be >= 1")
+        if not 0 <= self.high_res.iterations <= self.optim.total_iterations:
+            raise PretrainConfigError(
+                f"high_res.iterations={self.high_res.iterations} must be between 0 and the "
+                f"run's {self.optim.total_iterations} iterations (the phase is their tail)"
+            )

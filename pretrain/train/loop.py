@@ -4,8 +4,10 @@ Per iteration: schedules -> teacher targets and student losses (:class:`SSLMetaA
 gradients averaged over ranks (reduce-scattered by FSDP, or all-reduced with
 ``parallel.strategy=ddp``; :mod:`pretrain.train.fsdp`) -> clipping per sub-network ->
 AdamW -> teacher EMA -> one JSONL line of metrics. Checkpoints
-(:mod:`pretrain.train.checkpoint`) carry the loader position, so a resumed run continues
-at the exact next sample. A NaN or infinite loss stops every rank before the optimizer
+(:mod:`pretrain.train.checkpoint`) carry the loader position and the resolved config, so a
+resumed run continues at the exact next sample. Optional: a final high-resolution phase
+(:mod:`pretrain.train.high_res`) and distillation from a frozen teacher
+(:mod:`pretrain.train.distill`). A NaN or infinite loss stops every rank before the optimizer
 step, with the last good checkpoint left intact.
 
 Launch with ``torchrun --nproc_per_node=N -m pretrain.train.loop --source ... --out ...``
@@ -21,7 +23,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -32,9 +34,15 @@ from pretrain.data.augmentations import MultiCropConfig
 from pretrain.data.batches import TrainingBatchMaker
 from pretrain.data.shards import ShardStream, StreamPosition, make_loader, open_catalog
 from pretrain.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from pretrain.train.config import PretrainConfig
+from pretrain.train.config import CropConfig, DistillConfig, PretrainConfig
+from pretrain.train.distill import (
+    build_meta_arch,
+    check_resume,
+    distillation_config,
+    prepare_frozen_teacher,
+)
 from pretrain.train.fsdp import prepare_model
-from pretrain.train.meta_arch import SSLMetaArch
+from pretrain.train.high_res import PhasedBatches
 from pretrain.train.optim import apply_schedules, build_optimizer, build_param_groups
 from pretrain.train.schedules import build_schedules
 
@@ -83,8 +91,7 @@ def _to_device(batch: dict, device: torch.device) -> dict:
     }
 
 
-def _crop_config(cfg: PretrainConfig) -> MultiCropConfig:
-    crops = cfg.crops
+def _crop_config(crops: CropConfig) -> MultiCropConfig:
     return MultiCropConfig(
         global_crops_size=crops.global_crops_size,
         local_crops_size=crops.local_crops_size,
@@ -134,6 +141,7 @@ def train(
     """Train (or resume from the newest checkpoint in ``out_dir``) up to the configured
     iterations, or ``max_iterations`` in total; every rank calls this."""
     rank, world_size = init_distributed()
+    cfg = distillation_config(cfg)
     out = Path(out_dir)
     catalog = open_catalog(source)
     cfg.check(world_size=world_size, num_sources=len(catalog))
@@ -143,9 +151,10 @@ def train(
 
     device = training_device()
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-    model = SSLMetaArch(cfg).to(device)
+    model = build_meta_arch(cfg).to(device)
     model.train()
     strategy = prepare_model(model, cfg.parallel, device)  # before the optimizer: it shards
+    prepare_frozen_teacher(model, cfg, device, strategy)
     groups = build_param_groups(
         model.student.backbone, model.student.heads(), model.depth, cfg.optim
     )
@@ -156,6 +165,7 @@ def train(
     start, position = 0, StreamPosition()
     resume_from = latest_checkpoint(checkpoints)
     if resume_from is not None:
+        check_resume(resume_from, cfg)
         extra = load_checkpoint(resume_from, model, optimizer)
         start = int(extra["iteration"])
         position = StreamPosition(int(extra["samples_seen"]))
@@ -165,21 +175,24 @@ def train(
         _trim_metrics(metrics_path, start)
         (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
 
-    stream = ShardStream(
-        catalog,
-        cfg.batch_size_per_rank,
-        TrainingBatchMaker(
-            _crop_config(cfg),
-            cfg.backbone.patch_size,
-            cfg.loss.mask_ratio,
-            cfg.loss.mask_probability,
-        ),
-        rank=rank,
-        world_size=world_size,
-        seed=cfg.seed,
-        position=position,
-    )
-    batches = iter(make_loader(stream, num_workers=cfg.num_workers))
+    def open_loader(crops: CropConfig, iteration: int):
+        stream = ShardStream(
+            catalog,
+            cfg.batch_size_per_rank,
+            TrainingBatchMaker(
+                _crop_config(crops),
+                cfg.backbone.patch_size,
+                cfg.loss.mask_ratio,
+                cfg.loss.mask_probability,
+            ),
+            rank=rank,
+            world_size=world_size,
+            seed=cfg.seed,
+            position=position.advanced(iteration - start, cfg.batch_size_per_rank, world_size),
+        )
+        return iter(make_loader(stream, num_workers=cfg.num_workers))
+
+    batches = PhasedBatches(cfg, open_loader)  # new crops (and loader) at the high-res phase
     end = cfg.optim.total_iterations
     if max_iterations is not None:
         end = min(end, max_iterations)
@@ -188,7 +201,7 @@ def train(
     iteration = start
     started = time.perf_counter()
     for iteration in range(start, end):
-        batch = _to_device(next(batches), device)
+        batch = _to_device(batches.next(iteration), device)
         values = schedules.at(iteration)
         apply_schedules(optimizer, values["lr"], values["weight_decay"], values["last_layer_lr"])
         optimizer.zero_grad(set_to_none=True)
@@ -226,6 +239,8 @@ def train(
                 "samples_seen": position.advanced(
                     done - start, cfg.batch_size_per_rank, world_size
                 ).samples_seen,
+                # What the run was (a distillation teacher's architecture is read from it).
+                "config": json.dumps(asdict(cfg)),
             }
             last_checkpoint = str(
                 save_checkpoint(
@@ -244,12 +259,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True)
     parser.add_argument("--config", type=Path, action="append", default=[])
     parser.add_argument("--max-iterations", type=int)
+    parser.add_argument("--distill-from", help="teacher checkpoint (pretrain.train.distill)")
     parser.add_argument("overrides", nargs="*")
     ns = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     cfg = load_config(PretrainConfig, ns.config, ns.overrides)
+    if ns.distill_from:
+        cfg = replace(cfg, distill=DistillConfig(ns.distill_from))
     try:
         train(cfg, ns.source, ns.out, ns.max_iterations)
     finally:

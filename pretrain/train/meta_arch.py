@@ -131,6 +131,11 @@ class SSLMetaArch(nn.Module):
         self.teacher.eval()  # the teacher never uses dropout-like behaviour
         return self
 
+    def target_network(self) -> Network:
+        """The network whose outputs are the targets: the EMA teacher here; a frozen larger
+        model under distillation (:mod:`pretrain.train.distill`)."""
+        return self.teacher
+
     # ------------------------------------------------------------------ steps
     @torch.no_grad()
     def teacher_targets(self, batch: dict[str, Any], teacher_temp: float) -> TeacherTargets:
@@ -138,13 +143,14 @@ class SSLMetaArch(nn.Module):
         global crop learns from the other one) and patch targets at the masked positions."""
         global_crops = batch["collated_global_crops"]
         n_global = 2
+        teacher = self.target_network()
         # Called as a module (not .forward_features) so FSDP's hooks gather the parameters.
-        out = self.teacher.backbone(global_crops, is_training=True)
+        out = teacher.backbone(global_crops, is_training=True)
         cls = out["x_norm_clstoken"]
         batch_size = cls.shape[0] // n_global
         cls = torch.cat(cls.chunk(n_global)[::-1])  # A <-> B
         patches = out["x_norm_patchtokens"].flatten(0, 1)[batch["mask_indices_list"]]
-        cls_logits, patch_logits = self.teacher.head_outputs(cls, patches)
+        cls_logits, patch_logits = teacher.head_outputs(cls, patches)
         if self.cfg.loss.centering == "softmax":
             dino = self.dino_loss.softmax_center_teacher(cls_logits, teacher_temp)
             self.dino_loss.update_center(cls_logits)

@@ -372,4 +372,6 @@ def test_torchrun_launches_two_fsdp_ranks(tmp_path):
     extra = torch.load(
         ckpt.consolidate_checkpoint(final, tmp_path / "all.pth"), weights_only=False
     )["extra"]
+    config = json.loads(extra.pop("config"))  # the run's config travels with its checkpoints
+    assert config["parallel"]["strategy"] == "fsdp"
     assert extra == {"iteration": 3, "samples_seen": 12, "world_size": 2}
