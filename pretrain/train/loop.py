@@ -113,6 +113,16 @@ def average_gradients(model: torch.nn.Module) -> None:
             param.grad.div_(world)
 
 
+def peak_memory_mib(device: torch.device) -> float:
+    """Peak memory of this rank so far: allocated CUDA memory on a GPU, the process's peak
+    resident set on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
 def _mean_over_ranks(values: dict[str, float]) -> dict[str, float]:
     if not distributed.is_enabled() or not values:
         return values
@@ -200,8 +210,12 @@ def train(
     losses: list[float] = []
     iteration = start
     started = time.perf_counter()
+    waited = 0.0  # seconds blocked on the loader since `started`
     for iteration in range(start, end):
+        step_started = time.perf_counter()
         batch = _to_device(batches.next(iteration), device)
+        wait = time.perf_counter() - step_started
+        waited += wait
         values = schedules.at(iteration)
         apply_schedules(optimizer, values["lr"], values["weight_decay"], values["last_layer_lr"])
         optimizer.zero_grad(set_to_none=True)
@@ -226,6 +240,10 @@ def train(
             record["images_per_s"] = (
                 (done - start) * cfg.batch_size_per_rank * world_size / max(elapsed, 1e-9)
             )
+            record["step_s"] = time.perf_counter() - step_started
+            record["data_wait_s"] = wait  # this step's time blocked on the loader
+            record["data_wait_fraction"] = waited / max(elapsed, 1e-9)  # since the (re)start
+            record["peak_memory_mib"] = peak_memory_mib(device)
             with metrics_path.open("a") as handle:
                 handle.write(json.dumps(record) + "\n")
             logger.info("iteration %d/%d loss %.4f", done, end, loss_dict["total_loss"])

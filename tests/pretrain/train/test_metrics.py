@@ -1,0 +1,39 @@
+"""Per-iteration metrics say how long each step waited for data (issue 16: the trainer should
+never wait for augmentation) and the peak memory (issue 14)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+from PIL import Image
+
+from curation.cli import main
+from pretrain.data.batches import TrainingBatchMaker
+from tests.pretrain.train.test_pretrain_command import TINY
+
+
+def test_metrics_record_the_data_wait_and_peak_memory(tmp_path, monkeypatch):
+    images = tmp_path / "imgs"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(images / f"{i}.png")
+    make = TrainingBatchMaker.__call__
+
+    def slow(self, *args, **kwargs):  # a loader slower than the step: the wait must show
+        time.sleep(0.4)
+        return make(self, *args, **kwargs)
+
+    monkeypatch.setattr(TrainingBatchMaker, "__call__", slow)
+    out = tmp_path / "run"
+    args = ["--images", str(images), "--out", str(out), *TINY, "--max-iterations", "3"]
+    assert main(["pretrain", *args]) == 0
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(records) == 3
+    for r in records:
+        assert 0.4 <= r["data_wait_s"] <= r["step_s"]
+        assert 0 < r["data_wait_fraction"] <= 1
+        assert r["peak_memory_mib"] > 50  # the process's peak RSS: torch alone is more
+    assert records[-1]["data_wait_fraction"] >= 0.4 / max(r["step_s"] for r in records) * 0.8
