@@ -175,23 +175,23 @@ class _Lloyd:
     def assign(self, centroids: np.ndarray):
         """Each row's nearest and second-nearest centroid (int64, the second -1 when k = 1) and
         squared L2 distances to them (float32, (n, 2) each), by a full search."""
-        return self._search(centroids, np.arange(len(self.x)))
+        return self._search(centroids)
 
-    def _search(self, centroids: np.ndarray, rows: np.ndarray):
+    def _search(self, centroids: np.ndarray, rows: np.ndarray | None = None):
+        """Full search of ``rows`` (indices, in any order; None: every row in order)."""
         self.index.reset()
         self.index.add(centroids)
-        labels = np.empty((len(rows), 2), dtype=np.int64)
-        distance = np.empty((len(rows), 2), dtype=np.float32)
-        everything = len(rows) == len(self.x)
-        for start in range(0, len(rows), self.batch_size):
-            block = rows[start : start + self.batch_size]
-            queries = self.x[start : start + len(block)] if everything else self.x[block]
-            distance[start : start + len(block)], labels[start : start + len(block)] = (
-                self.index.search(queries, 2)
-            )
+        n = len(self.x) if rows is None else len(rows)
+        labels = np.empty((n, 2), dtype=np.int64)
+        distance = np.empty((n, 2), dtype=np.float32)
+        for start in range(0, n, self.batch_size):
+            end = min(start + self.batch_size, n)
+            queries = self.x[start:end] if rows is None else self.x[rows[start:end]]
+            distance[start:end], labels[start:end] = self.index.search(queries, 2)
         if self.spherical:  # inner products, to squared distances
             centroid_squares = np.einsum("ij,ij->i", centroids, centroids)
-            distance = self.squares[rows, None] + centroid_squares[labels] - 2.0 * distance
+            squares = self.squares if rows is None else self.squares[rows]
+            distance = squares[:, None] + centroid_squares[labels] - 2.0 * distance
         return labels, np.maximum(distance, 0)
 
     def sort_rows(self, labels: np.ndarray) -> None:

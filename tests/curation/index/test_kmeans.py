@@ -234,6 +234,23 @@ def test_pruned_search_finds_the_nearest_centroid_of_every_row(spherical):
         assert 0 < held < 1
 
 
+def test_pruned_search_where_the_bound_holds_for_no_row(monkeypatch):
+    """Structureless rows and one candidate: no row is proven, and the full search of all of
+    them (in the sorted order of the reference partition) still lands on the right rows."""
+    monkeypatch.setattr(lloyd_module, "CANDIDATES", 1)
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((3000, 64)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    centroids = x[rng.choice(len(x), 80, replace=False)]
+    run = _Lloyd(x, 80, True, seed=0, batch_size=700, use_gpu=False)
+    full_labels, full_distance = run.assign(centroids)
+    run.sort_rows(rng.integers(80, size=len(x)))
+    labels, distance, held = run.assign_pruned(centroids)
+    assert held == 0.0
+    np.testing.assert_array_equal(labels, full_labels)
+    np.testing.assert_allclose(distance, full_distance, rtol=1e-5, atol=1e-6)
+
+
 def test_lloyd_with_pruned_searches_equals_lloyd_with_full_ones(monkeypatch):
     """The pruned search is exact for the nearest centroid, so plain Lloyd makes the same
     partitions and centroids with it as with a full search every iteration."""
