@@ -8,6 +8,10 @@ work starts, so for those failures that line is all stderr holds; a failure foun
 checkpoint met when the model loads) follows the log lines of the work done so far. Anything else
 is a bug and keeps its traceback. ``lvd --debug <command> ...`` shows the traceback of user errors
 too.
+
+What the terminal shows while a command runs (:mod:`curation.run_log`): lvd's own messages and every
+warning and error on stderr, a progress bar per stage; third-party chatter goes to the run's log
+file, ``<run>/_logs/lvd.log``. ``lvd -v <command> ...`` shows everything, DEBUG included.
 """
 
 from __future__ import annotations
@@ -15,10 +19,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import shlex
 import sys
 
 from curation.commands import COMMANDS
 from curation.jobs.errors import USER_ERRORS
+from curation.run_log import cli_logging, to_file_only
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -44,7 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineErrorParser(
         prog="lvd", description="Curate LVD-style pretraining data and pretrain DINOv2 on it."
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="show every log message, DEBUG and third-party ones included, on the terminal "
+        "(by default those go to the run's log file, <run>/_logs/lvd.log)",
+    )
     parser.add_argument(
         "--debug",
         action="store_true",
@@ -65,17 +77,17 @@ def one_line(exc: BaseException) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     ns = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if ns.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    try:
-        return ns.func(ns)
-    except USER_ERRORS as exc:
-        if ns.debug:
-            raise
-        print(f"lvd {ns.command}: error: {one_line(exc)}", file=sys.stderr)
-        return 2
+    words = sys.argv[1:] if argv is None else argv
+    with cli_logging(ns.verbose, shlex.join(["lvd", *map(str, words)])):
+        try:
+            return ns.func(ns)
+        except USER_ERRORS as exc:
+            if ns.debug:
+                raise
+            message = f"lvd {ns.command}: error: {one_line(exc)}"
+            to_file_only(logging.ERROR, "%s", message)
+            print(message, file=sys.stderr)
+            return 2
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from pathlib import Path
 from curation import storage
 from curation.config import ConfigError, load_config
 from curation.engines import ENGINES
+from curation.run_log import attach_run_log
 
 Location = Path | storage.ObjectPath  # a local path, or a folder or file on an object store
 
@@ -45,6 +46,7 @@ def load_job_config(ns: argparse.Namespace):
         overrides.append(f"name={ns.run}")
     cfg = load_config(CurationConfig, ns.config, overrides)
     check_output_folder(cfg.run_dir.root, "run folder (runs_dir/name)")
+    attach_run_log(cfg.run_dir.root)  # the run's log file (curation.run_log); created when used
     return cfg
 
 

@@ -23,6 +23,7 @@ from img2dataset.logger import LoggerProcess
 
 from curation.download.kill_points import kill_point
 from curation.download.network_guard import NetworkPolicy, install_guard
+from curation.run_log import send_output_to
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +34,9 @@ class GuardedDownloader(Downloader):
     With ``shard_lock`` set (local runs), each shard is fetched under a shared lock on that file:
     if the driver is killed alone, its orphan workers finish their current shard still holding
     it, and the rerun waits for them (exclusive lock) before it starts writing the same shards.
+
+    With ``output_log`` set (local runs under ``lvd``), the worker's prints go to that file
+    (:func:`~curation.run_log.send_output_to`); a failed shard is still said on the terminal.
     """
 
     def __init__(
@@ -41,20 +45,32 @@ class GuardedDownloader(Downloader):
         policy: NetworkPolicy,
         max_response_bytes: int | None = None,
         shard_lock: str | None = None,
+        output_log: str | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
         self.policy = policy
         self.max_response_bytes = max_response_bytes
         self.shard_lock = shard_lock
+        self.output_log = output_log
 
     def __call__(self, row):
+        if self.output_log is not None:
+            send_output_to(self.output_log)
         install_guard(self.policy, self.max_response_bytes)
         if self.shard_lock is None:
-            return super().__call__(row)
-        with open(self.shard_lock, "a+b") as lock:
-            fcntl.flock(lock, fcntl.LOCK_SH)
-            return super().__call__(row)
+            result = super().__call__(row)
+        else:
+            with open(self.shard_lock, "a+b") as lock:
+                fcntl.flock(lock, fcntl.LOCK_SH)
+                result = super().__call__(row)
+        if self.output_log is not None and result[0] is False:
+            logger.warning(
+                "download shard %s failed (img2dataset retries it); its traceback is in %s",
+                row[0],
+                self.output_log,
+            )
+        return result
 
 
 def wait_for_orphan_workers(shard_lock: Path, timeout: float = 3600.0) -> None:
@@ -116,9 +132,10 @@ class GuardedLoggerProcess(LoggerProcess):
     lock hangs the pool).
     """
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, output_log: str | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.driver_pid = os.getpid()  # pickled into the spawned child
+        self.output_log = output_log  # its statistics lines: to the log file, if any
 
     def start(self):
         super().start()
@@ -126,4 +143,6 @@ class GuardedLoggerProcess(LoggerProcess):
 
     def run(self):
         _exit_when_orphaned(self.driver_pid)
+        if self.output_log is not None:
+            send_output_to(self.output_log)
         return super().run()

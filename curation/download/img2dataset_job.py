@@ -10,6 +10,12 @@ connection guard in each worker) and its ``LoggerProcess`` as one that dies with
 The output folder may be a URI: img2dataset opens its outputs through fsspec, so a store needs that
 scheme's fsspec package (s3fs for ``s3://``: the ``[s3]`` extra), checked before any work by
 :func:`check_output_filesystem`.
+
+What the terminal shows: one bar in rows (:mod:`curation.download.shard_progress`), not
+img2dataset's own output. Under ``lvd`` its prints (a banner per URL shard, per-shard statistics,
+per-sample tracebacks, its shard counter) go to the run's log file (:mod:`curation.run_log`): the
+driver's as records of the ``img2dataset`` logger, the workers' (multiprocessing distributor: on
+this machine) by their stdout and stderr.
 """
 
 from __future__ import annotations
@@ -24,11 +30,12 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from curation import storage
+from curation import run_log, storage
 from curation.config import ConfigError
 from curation.download.config import DownloadConfig, needs_decode
 from curation.download.kill_points import kill_point
 from curation.download.network_guard import NetworkPolicy
+from curation.download.shard_progress import ShardStatsProgress
 from curation.download.url_lists import column_in_plan
 
 logger = logging.getLogger(__name__)
@@ -137,7 +144,11 @@ def _environment(**values: str) -> Iterator[None]:
 
 @contextlib.contextmanager
 def _guarded_downloader(
-    main_module, policy: NetworkPolicy, max_response_bytes: int | None, shard_lock: Path | None
+    main_module,
+    policy: NetworkPolicy,
+    max_response_bytes: int | None,
+    shard_lock: Path | None,
+    output_log: Path | None = None,
 ):
     from curation.download.guarded_downloader import GuardedDownloader, GuardedLoggerProcess
 
@@ -148,16 +159,22 @@ def _guarded_downloader(
             "(img2dataset.main.Downloader); lvd is tested with img2dataset 1.47"
         )
 
+    log = str(output_log) if output_log else None
+
     def build(**kwargs):
         lock = str(shard_lock) if shard_lock else None
         return GuardedDownloader(
-            policy=policy, max_response_bytes=max_response_bytes, shard_lock=lock, **kwargs
+            policy=policy,
+            max_response_bytes=max_response_bytes,
+            shard_lock=lock,
+            output_log=log,
+            **kwargs,
         )
 
     loggers: list[GuardedLoggerProcess] = []
 
     def build_logger(*args, **kwargs):
-        loggers.append(GuardedLoggerProcess(*args, **kwargs))
+        loggers.append(GuardedLoggerProcess(*args, output_log=log, **kwargs))
         return loggers[-1]
 
     original_logger = main_module.LoggerProcess
@@ -193,17 +210,23 @@ def run_img2dataset(
     arguments = img2dataset_arguments(settings, extra_columns)
     arguments["distributor"] = distributor
     policy = NetworkPolicy(allow_private_networks=settings.allow_private_networks)
-    shard_lock = None
+    shard_lock = output_log = None
     if distributor == "multiprocessing":  # workers on this machine: a file lock reaches them
         from curation.download.guarded_downloader import wait_for_orphan_workers
 
         shard_lock = shard_lock_path(output_dir)
         wait_for_orphan_workers(shard_lock)
+        output_log = run_log.third_party_log()  # and they can append to the run's log file
     previous_sigint = signal.getsignal(signal.SIGINT)
     # Spawned workers inherit the environment: OpenCV reads its decode limit at import.
+    # The bar is made before prints are captured, so it keeps the terminal's stderr.
     with (
         _environment(OPENCV_IO_MAX_IMAGE_PIXELS=str(settings.max_pixels)),
-        _guarded_downloader(img2dataset_main, policy, settings.max_response_bytes, shard_lock),
+        _guarded_downloader(
+            img2dataset_main, policy, settings.max_response_bytes, shard_lock, output_log
+        ),
+        ShardStatsProgress(url_dir, output_dir, "download"),
+        run_log.prints_to_log("img2dataset"),
     ):
         try:
             img2dataset_main.download(
