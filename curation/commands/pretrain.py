@@ -85,8 +85,9 @@ def check_inputs(ns: argparse.Namespace):
         catalog = open_catalog(source)
         cfg.check(world_size=ns.nproc_per_node, num_sources=len(catalog))
         if cfg.distill.teacher_checkpoint:
+            teacher = describe_teacher(cfg.distill.teacher_checkpoint)  # before any log line
             cfg = distillation_config(cfg)
-            check_teacher_fits(cfg, describe_teacher(cfg.distill.teacher_checkpoint))
+            check_teacher_fits(cfg, teacher)
         resume_from = latest_checkpoint(ns.out / CHECKPOINT_FOLDER)
         if resume_from is not None:
             check_resume(resume_from, cfg)

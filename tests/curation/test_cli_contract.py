@@ -342,6 +342,16 @@ ROWS = [
         expect="KoLeo needs at least 2 images per rank",
     ),
     row(
+        "pretrain_distill_teacher_missing",
+        *("pretrain", "--images", "imgs", "--out", "run", "--distill-from", "nope.pt"),
+        expect="nope.pt does not exist",
+    ),
+    row(
+        "pretrain_distill_teacher_corrupt",
+        *("pretrain", "--images", "imgs", "--out", "run", "--distill-from", "corrupt.pt"),
+        expect="corrupt.pt is not a torch checkpoint",
+    ),
+    row(
         "pretrain_unknown_key",
         "pretrain",
         "--images",
