@@ -140,7 +140,7 @@ def kmeans_plus_plus(x: np.ndarray, k: int, seed: int) -> np.ndarray:
     and d = 256, 0.2 s; 16 * k rows took 2.7 s and gave the same final inertia on the benchmark's
     separated set, within 0.1% on its overlapping one; the moves of Lloyd's iterations repair a
     rough start). For k in the tens of thousands prefer ``init="random"``.
-"""
+    """
     rng = np.random.default_rng(seed)
     x = x[sample_rows(len(x), INIT_POINTS_PER_CENTROID * k, seed)]
     squares = np.einsum("ij,ij->i", x, x)
