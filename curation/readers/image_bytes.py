@@ -74,13 +74,16 @@ def relative_lineage(table: pa.Table, run_root: str | Path) -> pa.Table:
 
 
 def resolve_lineage(table: pa.Table, run_root: str | Path) -> pa.Table:
-    """``table`` with each run-relative ``source_file`` joined onto ``run_root``."""
+    """``table`` with each run-relative ``source_file`` joined onto ``run_root``, made absolute
+    (a relative root such as ``runs/demo`` would give paths that look run-relative again, and a
+    later :func:`relative_lineage` would keep them as such)."""
     if "source_file" not in table.column_names or not table.num_rows:
         return table
     values = table.column("source_file").to_pylist()
     if not any(v and _is_relative(v) for v in values):
         return table
-    resolved = [storage.join(run_root, v) if v and _is_relative(v) else v for v in values]
+    root = storage.absolute(run_root)
+    resolved = [storage.join(root, v) if v and _is_relative(v) else v for v in values]
     return table.set_column(
         table.schema.get_field_index("source_file"),
         table.schema.field("source_file"),

@@ -240,3 +240,16 @@ def test_ray_workers_write_the_same_shards(ray_runtime, tar_run, tmp_path):
         stats = run_shards(cfg, engine)
     assert stats["shard_samples"]["engine"] == "ray"
     assert _digests(cfg.run_dir.root / "shards") == _digests(tar_run[0].run_dir.root / "shards")
+
+
+def test_a_relative_runs_dir_reads_every_source(tmp_path, monkeypatch):
+    """`lvd demo` runs with runs_dir=runs, relative to the working folder: the sources' lineage,
+    resolved against that relative run root, must still name files that exist (it once came
+    out as runs/<name>/runs/<name>/... and every pool image was dropped as unreadable)."""
+    monkeypatch.chdir(tmp_path)
+    cfg, stats, expected = _shard_run(Path("runs"), "relative")
+    stats = stats["shards"]
+    assert stats.get("dropped_read_error", 0) == 0
+    assert stats["rows_out"] == len(expected)
+    shards = tmp_path / "runs" / "relative" / "shards"
+    assert sorted(_tar_order(shards)) == sorted(expected)
