@@ -113,6 +113,15 @@ def average_gradients(model: torch.nn.Module) -> None:
             param.grad.div_(world)
 
 
+PROGRESS_EVERY_S = 10.0  # seconds between progress lines (each iteration is logged at DEBUG)
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
 def peak_memory_mib(device: torch.device) -> float:
     """Peak memory of this rank so far: allocated CUDA memory on a GPU, the process's peak
     resident set on CPU."""
@@ -211,6 +220,7 @@ def train(
     iteration = start
     started = time.perf_counter()
     waited = 0.0  # seconds blocked on the loader since `started`
+    last_line = started  # when the last progress line was logged
     for iteration in range(start, end):
         step_started = time.perf_counter()
         batch = _to_device(batches.next(iteration), device)
@@ -246,7 +256,21 @@ def train(
             record["peak_memory_mib"] = peak_memory_mib(device)
             with metrics_path.open("a") as handle:
                 handle.write(json.dumps(record) + "\n")
-            logger.info("iteration %d/%d loss %.4f", done, end, loss_dict["total_loss"])
+            now = time.perf_counter()
+            if done in (start + 1, end) or now - last_line >= PROGRESS_EVERY_S:
+                last_line = now
+                left = (end - done) * elapsed / (done - start)
+                logger.info(
+                    "iteration %d/%d loss %.4f, %.1f images/s, %.0f%% of the time waiting for "
+                    "data, about %s left",
+                    done,
+                    end,
+                    loss_dict["total_loss"],
+                    record["images_per_s"],
+                    100 * record["data_wait_fraction"],
+                    _duration(left),
+                )
+            logger.debug("iteration %d/%d loss %.4f", done, end, loss_dict["total_loss"])
         if done % cfg.checkpoint_every == 0 or done == end:
             # Pending (lazy) center updates are applied now so the checkpoint holds them.
             model.dino_loss.apply_center_update()
