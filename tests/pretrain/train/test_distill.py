@@ -35,28 +35,14 @@ from pretrain.train.optim import apply_schedules, build_optimizer, build_param_g
 sys.path.insert(0, str(Path(__file__).parent))
 from test_meta_arch import tiny_config  # noqa: E402
 
+from tests.pretrain.train.test_pretrain_command import TINY
+
 # The teacher is larger than the student (tiny_config: 32-d, 2 blocks, 2 heads) and has 4
 # heads of 12 dims, which its shapes alone would not tell (DINOv2 heads are 64 wide).
 TEACHER = BackboneConfig(
     arch="vit", patch_size=8, embed_dim=48, depth=3, num_heads=4, drop_path_rate=0.0
 )
-STUDENT_ARGS = [
-    "backbone.arch=vit",
-    "backbone.patch_size=8",
-    "backbone.embed_dim=32",
-    "backbone.depth=2",
-    "backbone.num_heads=2",
-    "loss.dino_head.out_dim=64",
-    "loss.dino_head.hidden_dim=32",
-    "loss.dino_head.bottleneck_dim=16",
-    "crops.global_crops_size=32",
-    "crops.local_crops_size=16",
-    "crops.local_crops_number=2",
-    "batch_size_per_rank=2",
-    "num_workers=0",
-    "checkpoint_every=1",
-    "keep_checkpoints=1",
-]
+STUDENT_ARGS = TINY  # the student: test_pretrain_command's tiny ViT
 
 
 def _images(n=8, seed=0):

@@ -39,6 +39,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from test_loop import KILLED_AFTER, _free_port, _images, loop_config  # noqa: E402
 from test_meta_arch import fixed_batch, tiny_config  # noqa: E402
 
+from tests.pretrain.train.test_pretrain_command import TINY as COMMAND_TINY
+
 REPO = Path(__file__).resolve().parents[3]
 N_IMAGES = 32
 EPOCH = 4  # iterations: 32 images / (4 per rank * 2 ranks)
@@ -333,20 +335,9 @@ def test_compiled_blocks_give_the_same_loss():
     assert losses[1] == pytest.approx(losses[0], rel=1e-4)
 
 
+# test_pretrain_command's tiny ViT, checkpointing every 2 iterations and keeping the default count
 TINY = [
-    "backbone.arch=vit",
-    "backbone.patch_size=8",
-    "backbone.embed_dim=32",
-    "backbone.depth=2",
-    "backbone.num_heads=2",
-    "loss.dino_head.out_dim=64",
-    "loss.dino_head.hidden_dim=32",
-    "loss.dino_head.bottleneck_dim=16",
-    "crops.global_crops_size=32",
-    "crops.local_crops_size=16",
-    "crops.local_crops_number=2",
-    "batch_size_per_rank=2",
-    "num_workers=0",
+    *(a for a in COMMAND_TINY if not a.startswith(("checkpoint_every=", "keep_checkpoints="))),
     "checkpoint_every=2",
 ]
 
