@@ -8,12 +8,13 @@ fixed point (no row changes cluster and no move is made), as faiss and scikit-le
 
 **Pruned searches.** After the first iteration most rows stay near their cluster, and a full
 search (every row against all k centroids: nearly all of a run's time) is mostly wasted. On CPU,
-from k = ``PRUNE_MIN_K``, each later search compares a row only with the ``CANDIDATES`` nearest
-centroids of a reference cluster (its cluster when the rows were last sorted) and proves the
-result with the triangle inequality (Elkan 2003's centroid-to-centroid bound); rows it cannot
-prove get a full search, so the nearest centroid is always the full search's. Where the bound
-holds for under half the rows (heavily overlapping groups) the next ``PRUNE_PAUSE`` searches are
-full ones. The sorted copy of the rows doubles the memory of the training sample.
+from k = ``PRUNE_MIN_K`` and ``PRUNE_MIN_ROWS_PER_CENTROID`` rows per centroid, each later search
+compares a row only with the ``CANDIDATES`` nearest centroids of a reference cluster (its cluster
+when the rows were last sorted) and proves the result with the triangle inequality (Elkan 2003's
+centroid-to-centroid bound); rows it cannot prove get a full search, so the nearest centroid is
+always the full search's. Where the bound holds for under half the rows (heavily overlapping
+groups) the next ``PRUNE_PAUSE`` searches are full ones. The sorted copy of the rows doubles the
+memory of the training sample.
 
 Lloyd alone stops in the local minimum its start leads to. Two refinements, both on by default
 (``reassign``) and both off in the last ``SETTLE_ITERATIONS``, so that the final iterations are
@@ -64,6 +65,9 @@ MAX_SPLIT_CANDIDATES = 1024  # per ranking and iteration: bounds the rows gather
 TWO_MEANS_ITERATIONS = 3
 CANDIDATES = 8  # neighbouring centroids a row is compared with in a pruned search
 PRUNE_MIN_K = 64  # below this many centroids every search is a full one
+# ...and below this many rows per centroid: a pruned search also compares the centroids with
+# each other (k x k), as much work as the full search (n x k) when n is a few times k
+PRUNE_MIN_ROWS_PER_CENTROID = 16
 RESORT_BELOW = 0.9  # share of rows the bound held for below which the rows are re-sorted
 PRUNE_PAUSE = 3  # full searches after a pruned one where the bound held for under half the rows
 
@@ -376,10 +380,11 @@ def lloyd(
         if reassign and k > 2 and i % REASSIGN_EVERY == 0 and i < iterations - SETTLE_ITERATIONS
     ]
     previous, means = None, False  # the last partition; whether `current` holds its means
+    prunable = run.prune and k >= PRUNE_MIN_K and len(x) >= PRUNE_MIN_ROWS_PER_CENTROID * k
     paused = 0  # full searches left before the next pruned one
     resort = True  # whether the next pruned search re-sorts the rows by the last partition
     for iteration in range(iterations):
-        if previous is None or not run.prune or k < PRUNE_MIN_K or paused:
+        if previous is None or not prunable or paused:
             nearest, distances = run.assign(current)
             paused, held = max(paused - 1, 0), 0.0
         else:
