@@ -12,7 +12,8 @@ fresh folder:
   workers, then conversion of every shard to DOWNLOADED_SAMPLE and ENCODED_IMAGE parts.
 
 Images/s is successful downloads over the wall-clock seconds of the whole call (img2dataset's
-start-up included, for both). The best of ``--repeats`` runs of each is reported, and their ratio.
+start-up included, for both). The best and the median of ``--repeats`` runs of each are reported,
+and both ratios.
 
 Usage: ``python benchmarks/bench_download.py [--n-pool 2000] [--processes 2] [--threads 16]``
 """
@@ -24,6 +25,7 @@ import json
 import multiprocessing
 import os
 import shutil
+import statistics
 import tempfile
 import time
 from dataclasses import replace
@@ -137,13 +139,16 @@ def main() -> None:
         stop.set()
         server.join(timeout=30)
     best = {name: max(values) for name, values in results.items()}
+    median = {name: statistics.median(values) for name, values in results.items()}
     print(
         f"\n{len(files)} images, {args.processes} processes x {args.threads} threads, "
-        f"shards of {args.shard_size} (best of {args.repeats})"
+        f"shards of {args.shard_size} ({args.repeats} runs each, alternating)"
     )
-    for name, value in best.items():
-        print(f"  {name:<13} {value:7.1f} images/s")
-    print(f"  ratio lvd / img2dataset: {best['lvd download'] / best['img2dataset']:.3f}")
+    for name in best:
+        print(f"  {name:<13} best {best[name]:7.1f}, median {median[name]:7.1f} images/s")
+    for label, figures in (("best of", best), ("median", median)):
+        ratio = figures["lvd download"] / figures["img2dataset"]
+        print(f"  ratio lvd / img2dataset ({label}): {ratio:.3f}")
     if args.workdir is None:
         shutil.rmtree(workdir, ignore_errors=True)
 
