@@ -156,12 +156,6 @@ def _hartigan_moves(labels: np.ndarray, distance: np.ndarray, k: int) -> np.ndar
     return (labels[:, 1] >= 0) & (here > 1) & (join < leave)
 
 
-def faiss_flat(dim: int):
-    import faiss
-
-    return faiss.IndexFlatL2(dim)
-
-
 class _Lloyd:
     """State of one run: the rows, their squared norms, the search index and the generator."""
 
@@ -173,6 +167,7 @@ class _Lloyd:
         self.rng = np.random.default_rng(seed)
         self.index = faiss.IndexFlatIP(x.shape[1]) if spherical else faiss.IndexFlatL2(x.shape[1])
         self.prune = not use_gpu  # a GPU's full search is cheaper than the pruned one's loop
+        self.sorted = None  # the rows sorted by the reference partition (see sort_rows)
         if use_gpu:
             self.index = faiss.index_cpu_to_all_gpus(self.index)
 
@@ -204,7 +199,7 @@ class _Lloyd:
         self.order = np.argsort(labels, kind="stable")
         self.reference = labels[self.order]
         self.starts = np.searchsorted(self.reference, np.arange(self.k + 1))
-        if getattr(self, "sorted", None) is None:
+        if self.sorted is None:
             self.sorted = np.empty_like(self.x)
         for start in range(0, len(self.x), self.batch_size):
             rows = self.order[start : start + self.batch_size]
@@ -225,7 +220,9 @@ class _Lloyd:
         one small matrix product and nothing is gathered per iteration."""
         k = len(centroids)
         m = min(CANDIDATES, k - 2)
-        neighbours = faiss_flat(self.x.shape[1])
+        import faiss
+
+        neighbours = faiss.IndexFlatL2(self.x.shape[1])
         neighbours.add(centroids)
         gaps, near = neighbours.search(centroids, m + 2)
         candidates = near[:, : m + 1]

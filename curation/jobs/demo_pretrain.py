@@ -133,7 +133,7 @@ def retrieve_with(cfg: CurationConfig, engine: Engine, web: SynthWeb, label: str
     return score_retrieval(cfg, web, stage=f"{label}_retrieval")["sample"]
 
 
-def knn_accuracy(cfg: CurationConfig, web: SynthWeb, backbone: Path) -> dict:
+def knn_accuracy(web: SynthWeb, backbone: Path) -> dict:
     """Weighted k-NN (k = 20, T = 0.07) of the ViT's frozen features on the web's classes."""
     from curation.models.embedder import load_embedder
     from curation.models.inference import BatchEmbedder, InferenceOptions
@@ -174,6 +174,6 @@ def run_demo_pretraining(cfg: CurationConfig, engine: Engine, web: SynthWeb) -> 
     result["retrieval_untrained_vit"] = retrieve_with(
         cfg, engine, web, "untrained", teacher_embed_config(cfg, untrained)
     )
-    result["knn_teacher"] = knn_accuracy(cfg, web, teacher)
-    result["knn_untrained_vit"] = knn_accuracy(cfg, web, untrained)
+    result["knn_teacher"] = knn_accuracy(web, teacher)
+    result["knn_untrained_vit"] = knn_accuracy(web, untrained)
     return result

@@ -75,8 +75,8 @@ def test_short_pretraining_beats_the_untrained_network_at_knn(web, tmp_path: Pat
     initial = SSLMetaArch(config).teacher.backbone.state_dict()
     torch.save({k: v.detach().clone() for k, v in initial.items()}, untrained)
 
-    trained_knn = knn_accuracy(None, web, teacher)
-    untrained_knn = knn_accuracy(None, web, untrained)
+    trained_knn = knn_accuracy(web, teacher)
+    untrained_knn = knn_accuracy(web, untrained)
     assert trained_knn["val_images"] == 100 and trained_knn["train_images"] == 300
     # measured 0.24 vs 0.05 (10 classes, chance 0.1)
     assert trained_knn["knn_top1"] >= untrained_knn["knn_top1"] + 0.1
