@@ -14,11 +14,16 @@ when the rows were last sorted) and proves the result with the triangle inequali
 centroid-to-centroid bound); rows it cannot prove get a full search, so the nearest centroid is
 always the full search's. Where the bound holds for under half the rows (heavily overlapping
 groups) the next ``PRUNE_PAUSE`` searches are full ones. The sorted copy of the rows doubles the
-memory of the training sample.
+memory of the training sample. While most rows stay in their reference cluster, the per-cluster
+sums are the reference partition's, corrected by the rows that left it.
 
 Lloyd alone stops in the local minimum its start leads to. Two refinements, both on by default
 (``reassign``) and both off in the last ``SETTLE_ITERATIONS``, so that the final iterations are
-plain Lloyd and the centroids are the means of their nearest rows:
+plain Lloyd and the centroids are the means of their nearest rows. Both also stop once a round
+of them lowers the cost by under ``STALL`` (relative), the split/merge rounds only after
+``IDLE_ROUNDS`` rounds in a row found no move; then a fixed point ends the run early (without
+it, simultaneous Hartigan moves can swap a few dozen rows back and forth until the last
+iteration):
 
 * **Hartigan's move** (Hartigan & Wong 1979; Telgarsky & Vattani 2010, "Hartigan's method:
   k-means clustering without Voronoi", show its fixed points are a subset of Lloyd's): a row
@@ -70,6 +75,9 @@ PRUNE_MIN_K = 64  # below this many centroids every search is a full one
 PRUNE_MIN_ROWS_PER_CENTROID = 16
 RESORT_BELOW = 0.9  # share of rows the bound held for below which the rows are re-sorted
 PRUNE_PAUSE = 3  # full searches after a pruned one where the bound held for under half the rows
+STALL = 1e-6  # relative fall in cost over a round of moves below which the settling starts
+IDLE_ROUNDS = 2  # split/merge rounds without a move before a stalled run stops the rounds
+DELTA_SUMS_BELOW = 0.25  # share of rows off their reference cluster below which sums are updated
 
 
 def _costs(sums: np.ndarray, counts: np.ndarray, squares: np.ndarray, spherical: bool):
@@ -195,16 +203,18 @@ class _Lloyd:
 
     def sort_rows(self, labels: np.ndarray) -> None:
         """Keep a copy of the rows sorted by ``labels`` (the reference partition of the pruned
-        search), gathered ``batch_size`` rows at a time."""
+        search), gathered ``batch_size`` rows at a time, and the reference clusters' row sums."""
         self.order = np.argsort(labels, kind="stable")
+        self.labels = labels.copy()
         self.reference = labels[self.order]
         self.starts = np.searchsorted(self.reference, np.arange(self.k + 1))
         if self.sorted is None:
             self.sorted = np.empty_like(self.x)
         for start in range(0, len(self.x), self.batch_size):
             rows = self.order[start : start + self.batch_size]
-            self.sorted[start : start + len(rows)] = self.x[rows]
+            np.take(self.x, rows, axis=0, out=self.sorted[start : start + len(rows)])
         self.sorted_squares = self.squares[self.order]
+        self.reference_sums = _group_sums(self.x, labels, self.k)
 
     def assign_pruned(self, centroids: np.ndarray):
         """:meth:`assign` by a pruned search: each row is compared only with the ``CANDIDATES``
@@ -226,7 +236,8 @@ class _Lloyd:
         neighbours.add(centroids)
         gaps, near = neighbours.search(centroids, m + 2)
         candidates = near[:, : m + 1]
-        own = (candidates == np.arange(k)[:, None]).any(axis=1)
+        is_own = candidates == np.arange(k)[:, None]
+        own, own_column = is_own.any(axis=1), is_own.argmax(axis=1)
         radius = np.where(own, np.sqrt(np.maximum(gaps[:, m + 1], 0)), 0.0)
         centroid_squares = np.einsum("ij,ij->i", centroids, centroids)
         products = np.empty((len(self.x), m + 1), dtype=np.float32)
@@ -235,16 +246,24 @@ class _Lloyd:
             rows = slice(starts[c], starts[c + 1])
             np.matmul(self.sorted[rows], centroids[candidates[c]].T, out=products[rows])
         near = candidates[self.reference]
-        squared = self.sorted_squares[:, None] + centroid_squares[near] - 2.0 * products
+        squared = centroid_squares[near]
+        products *= -2.0
+        squared += products
+        squared += self.sorted_squares[:, None]
         np.maximum(squared, 0, out=squared)
-        best = np.argpartition(squared, 1, axis=1)[:, :2]
-        pair = np.take_along_axis(squared, best, axis=1)
-        swap = pair[:, 1] < pair[:, 0]
-        best[swap], pair[swap] = best[swap, ::-1], pair[swap, ::-1]
-        to_own = np.sqrt(np.where(near == self.reference[:, None], squared, np.inf).min(axis=1))
+        every = np.arange(len(self.x))
+        first = squared.argmin(axis=1)
+        pair = np.empty((len(self.x), 2), dtype=np.float32)
+        pair[:, 0] = squared[every, first]
+        to_own = squared[every, own_column[self.reference]]
+        to_own = np.where(own[self.reference], np.sqrt(to_own), np.inf)
+        squared[every, first] = np.inf
+        second = squared.argmin(axis=1)
+        pair[:, 1] = squared[every, second]
         labels = np.empty((len(self.x), 2), dtype=np.int64)
         distance = np.empty((len(self.x), 2), dtype=np.float32)
-        labels[self.order] = np.take_along_axis(near, best, axis=1)
+        labels[self.order, 0] = near[every, first]
+        labels[self.order, 1] = near[every, second]
         distance[self.order] = pair
         unproven = self.order[np.sqrt(pair[:, 0]) > radius[self.reference] - to_own]
         if len(unproven):
@@ -252,8 +271,17 @@ class _Lloyd:
         return labels, distance, 1.0 - len(unproven) / max(len(self.x), 1)
 
     def sums(self, labels: np.ndarray) -> np.ndarray:
-        """Per-cluster row sums (float64)."""
-        return _group_sums(self.x, labels, self.k)
+        """Per-cluster row sums (float64). Once the rows are sorted by a reference partition that
+        most rows still follow, its sums corrected by the rows that left their reference cluster
+        (the same sums, with a fraction of the arithmetic)."""
+        if self.sorted is None:
+            return _group_sums(self.x, labels, self.k)
+        moved = np.flatnonzero(labels != self.labels)
+        if len(moved) > DELTA_SUMS_BELOW * len(labels):
+            return _group_sums(self.x, labels, self.k)
+        rows = self.x[moved]
+        joined = _group_sums(rows, labels[moved], self.k)
+        return self.reference_sums + joined - _group_sums(rows, self.labels[moved], self.k)
 
     def split_merge(self, labels, distance, sums, counts, squares, centroids) -> int:
         """Apply the split/merge moves whose gain exceeds their cost to ``centroids`` (in place);
@@ -379,6 +407,8 @@ def lloyd(
     previous, means = None, False  # the last partition; whether `current` holds its means
     prunable = run.prune and k >= PRUNE_MIN_K and len(x) >= PRUNE_MIN_ROWS_PER_CENTROID * k
     paused = 0  # full searches left before the next pruned one
+    costs: list[float] = []  # of each iteration's starting centroids
+    idle_rounds = 0  # split/merge rounds in a row that made no move
     resort = True  # whether the next pruned search re-sorts the rows by the last partition
     for iteration in range(iterations):
         if previous is None or not prunable or paused:
@@ -392,6 +422,15 @@ def lloyd(
         resort = held < RESORT_BELOW
         labels, distance = nearest[:, 0], distances[:, 0]
         cost = float(distance.sum(dtype=np.float64))  # of the centroids this iteration starts from
+        costs.append(cost)
+        if len(costs) > REASSIGN_EVERY and costs[-1 - REASSIGN_EVERY] - cost <= STALL * cost:
+            # The moves stopped paying: Hartigan's simultaneous moves can swap a few rows back
+            # and forth for ever, so they stop; so do the split/merge rounds once the last
+            # IDLE_ROUNDS made no move (each draws new starts, so one more may still find one).
+            # Then a fixed point can end the run.
+            hartigan = False
+            if idle_rounds >= IDLE_ROUNDS:
+                rounds = [r for r in rounds if r < iteration]
         moved_rows = 0
         if hartigan and k > 2 and iteration < iterations - SETTLE_ITERATIONS:
             move = _hartigan_moves(nearest, distances, k)
@@ -407,6 +446,7 @@ def lloyd(
             squares = np.bincount(labels, weights=run.squares, minlength=k)
             before = updated.copy()
             moves = run.split_merge(labels, distance, sums, counts, squares, updated)
+            idle_rounds = 0 if moves else idle_rounds + 1
             moved = np.any(updated != before, axis=1)
         reseeded = run.reseed_empty(counts, distance, updated, moved)
         logger.debug(

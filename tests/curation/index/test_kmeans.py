@@ -251,6 +251,45 @@ def test_pruned_search_where_the_bound_holds_for_no_row(monkeypatch):
     np.testing.assert_allclose(distance, full_distance, rtol=1e-5, atol=1e-6)
 
 
+def test_sums_after_a_sort_are_the_full_sums_of_the_current_partition():
+    """Once the rows are sorted by a reference partition, sums are the reference's corrected by
+    the rows that left it: the same as summing the current partition from scratch, whether a
+    few rows moved or most did."""
+    x, labels = blobs([50] * 40, d=12, noise=0.5, seed=23)
+    run = _Lloyd(x, 40, True, seed=0, batch_size=500, use_gpu=False)
+    run.sort_rows(labels)
+    rng = np.random.default_rng(5)
+    for share in (0.0, 0.05, 0.9):
+        current = labels.copy()
+        moved = rng.random(len(x)) < share
+        current[moved] = rng.integers(40, size=int(moved.sum()))
+        expected = np.zeros((40, 12))
+        np.add.at(expected, current, x.astype(np.float64))
+        np.testing.assert_allclose(run.sums(current), expected, atol=1e-4)
+
+
+def test_a_run_whose_hartigan_moves_swap_rows_for_ever_still_converges(monkeypatch, caplog):
+    """Simultaneous Hartigan moves can swap the same rows back and forth every iteration (seen
+    on the benchmark: 20-30 rows until the last iteration). Once a round of moves stops lowering
+    the cost the moves stop, and the fixed point ends the run early."""
+    caplog.set_level(logging.DEBUG, logger="curation.index.lloyd")
+    x, labels = blobs([300] * 10, seed=14)
+    start = x[[np.flatnonzero(labels == blob)[0] for blob in range(10)]]
+
+    calls = []
+
+    def back_and_forth(nearest, distance, k):  # rows 0 and 1 leave and come back, over again
+        calls.append(1)
+        move = np.zeros(len(nearest), dtype=bool)
+        move[:2] = len(calls) % 2 == 1
+        return move
+
+    monkeypatch.setattr(lloyd_module, "_hartigan_moves", back_and_forth)
+    lloyd(x, start, 30, reassign=True)
+    assert any("converged after" in r.getMessage() for r in caplog.records)
+    assert len(iteration_costs(caplog)) < 15
+
+
 def test_lloyd_with_pruned_searches_equals_lloyd_with_full_ones(monkeypatch):
     """The pruned search is exact for the nearest centroid, so plain Lloyd makes the same
     partitions and centroids with it as with a full search every iteration."""
