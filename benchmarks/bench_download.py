@@ -12,8 +12,10 @@ fresh folder:
   workers, then conversion of every shard to DOWNLOADED_SAMPLE and ENCODED_IMAGE parts.
 
 Images/s is successful downloads over the wall-clock seconds of the whole call (img2dataset's
-start-up included, for both). The best and the median of ``--repeats`` runs of each are reported,
-and both ratios.
+start-up included, for both; lvd's forkserver, started and stopped by each call, too). The best
+and the median of ``--repeats`` runs of each are reported, and both ratios. Beside them, CPU
+seconds per run: the driver (this process), the web server, and the rest of the machine (the
+download workers; lvd's forkserver): where the time went (run it on an idle machine).
 
 Usage: ``python benchmarks/bench_download.py [--n-pool 2000] [--processes 2] [--threads 16]``
 """
@@ -24,6 +26,7 @@ import argparse
 import json
 import multiprocessing
 import os
+import resource
 import shutil
 import statistics
 import tempfile
@@ -50,6 +53,22 @@ def _plain(url_list: Path, out: Path, settings) -> int:
     for stats in out.glob("*_stats.json"):
         successes += json.loads(stats.read_text())["successes"]
     return successes
+
+
+def _cpu_seconds(server_pid: int) -> tuple[float, float, float]:
+    """CPU seconds (user + system) so far of this process (the driver: lvd's own work runs
+    here), of the rest of the machine but the web server (img2dataset's worker processes and, for
+    lvd, the forkserver they are forked from; other load too, so run on an idle machine) and of
+    the web server process."""
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    driver = me.ru_utime + me.ru_stime
+    ticks = os.sysconf("SC_CLK_TCK")
+    fields = Path(f"/proc/{server_pid}/stat").read_text().rsplit(")", 1)[1].split()
+    server = (int(fields[11]) + int(fields[12])) / ticks
+    busy = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    # user nice system idle iowait irq softirq steal: all but idle and iowait
+    machine = sum(int(v) for i, v in enumerate(busy[:8]) if i not in (3, 4)) / ticks
+    return driver, machine - driver - server, server
 
 
 def _serve(root: Path, ready, stop) -> None:
@@ -95,6 +114,7 @@ def main() -> None:
     )
     files = web.read("pool").column("file").to_pylist()
     results: dict[str, list[float]] = {"img2dataset": [], "lvd download": []}
+    cpu_seconds: dict[str, list[list[float]]] = {name: [] for name in results}
     context = multiprocessing.get_context("spawn")
     ready, stop = context.Queue(), context.Event()
     server = context.Process(target=_serve, args=(web.root, ready, stop), daemon=True)
@@ -120,6 +140,7 @@ def main() -> None:
             for name in results:
                 out = workdir / f"{name.replace(' ', '_')}-{repeat}"
                 shutil.rmtree(out, ignore_errors=True)
+                cpu = _cpu_seconds(server.pid)
                 start = time.perf_counter()
                 if name == "img2dataset":
                     successes = _plain(url_list, out, settings)
@@ -127,12 +148,15 @@ def main() -> None:
                     cfg = replace(base, name=out.name, runs_dir=workdir, download=settings)
                     successes = _lvd(cfg)
                 seconds = time.perf_counter() - start
+                used = [after - before for after, before in zip(_cpu_seconds(server.pid), cpu)]
+                cpu_seconds[name].append(used)
                 if successes != len(files):
                     raise RuntimeError(f"{name}: {successes} of {len(files)} images downloaded")
                 results[name].append(len(files) / seconds)
                 print(
                     f"run {repeat + 1} {name:<13} {len(files)} images in {seconds:6.2f} s "
-                    f"= {len(files) / seconds:7.1f} images/s",
+                    f"= {len(files) / seconds:7.1f} images/s; CPU s: driver {used[0]:.1f}, "
+                    f"workers {used[1]:.1f}, web server {used[2]:.1f}",
                     flush=True,
                 )
     finally:
@@ -145,7 +169,11 @@ def main() -> None:
         f"shards of {args.shard_size} ({args.repeats} runs each, alternating)"
     )
     for name in best:
-        print(f"  {name:<13} best {best[name]:7.1f}, median {median[name]:7.1f} images/s")
+        cpu = [statistics.median(part) for part in zip(*cpu_seconds[name])]
+        print(
+            f"  {name:<13} best {best[name]:7.1f}, median {median[name]:7.1f} images/s; "
+            f"median CPU s: driver {cpu[0]:.1f}, workers {cpu[1]:.1f}, web server {cpu[2]:.1f}"
+        )
     for label, figures in (("best of", best), ("median", median)):
         ratio = figures["lvd download"] / figures["img2dataset"]
         print(f"  ratio lvd / img2dataset ({label}): {ratio:.3f}")

@@ -3,8 +3,10 @@
 img2dataset has no hook for address checks, so for the duration of the call
 :func:`run_img2dataset` has it build its ``Downloader`` as our
 :class:`~curation.download.guarded_downloader.GuardedDownloader` (a subclass that installs the
-connection guard in each worker) and its ``LoggerProcess`` as one that dies with the driver
-(and that we stop ourselves if img2dataset raises before joining it). The distributor
+connection guard in each worker), its ``LoggerProcess`` as one that dies with the driver
+(and that we stop ourselves if img2dataset raises before joining it), and its multiprocessing
+distribution as :mod:`curation.download.worker_pool`'s (workers forked from a preloaded server
+instead of spawned: no 3.5-s import per worker). The distributor
 (``multiprocessing``, ``ray``, ``pyspark``) is the engine's ``img2dataset_distributor``.
 
 The output folder may be a URI: img2dataset opens its outputs through fsspec, so a store needs that
@@ -32,6 +34,7 @@ from pathlib import Path
 
 from curation import run_log, storage
 from curation.config import ConfigError
+from curation.download import worker_pool
 from curation.download.config import DownloadConfig, needs_decode
 from curation.download.kill_points import kill_point
 from curation.download.network_guard import NetworkPolicy
@@ -178,13 +181,16 @@ def _guarded_downloader(
         return loggers[-1]
 
     original_logger = main_module.LoggerProcess
+    original_distributor = main_module.multiprocessing_distributor
     main_module.Downloader = build
     main_module.LoggerProcess = build_logger
+    main_module.multiprocessing_distributor = worker_pool.multiprocessing_distributor
     try:
         yield
     finally:
         main_module.Downloader = original
         main_module.LoggerProcess = original_logger
+        main_module.multiprocessing_distributor = original_distributor
         # img2dataset joins its logger only when it returns; if it raised, the logger would poll
         # for as long as this process lives (a notebook, a job driver).
         for process in loggers:
