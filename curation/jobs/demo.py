@@ -155,6 +155,9 @@ def calibrate(cfg: CurationConfig, checkpoint: Path) -> dict:
             cfg.demo.target_precision,
             near_dedup=cfg.ingest.near_dedup if cfg.ingest.exact_dedup else None,
             device=cfg.embed.device,
+            # for the demo's own pool: false pairs grow with its square (400 originals -> 2,000
+            # took a threshold for precision 0.95 to 0.70)
+            pool_scale=cfg.synth.n_pool / n_pool,
         )
     except ValueError as exc:  # a descriptor too weak for the target: say so, dedup at 0.6
         logger.warning("no calibration stored: %s", exc)
@@ -167,7 +170,12 @@ def calibrate(cfg: CurationConfig, checkpoint: Path) -> dict:
         calibration.threshold,
         calibration.target_precision,
     )
-    return {"stored": True, **calibration.to_dict(), "per_kind": per_kind}
+    return {
+        "stored": True,
+        **calibration.to_dict(),
+        "per_kind": per_kind,
+        "pool_scale": cfg.synth.n_pool / n_pool,
+    }
 
 
 def final_representatives(cfg: CurationConfig) -> dict[str, str]:

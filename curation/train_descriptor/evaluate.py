@@ -91,13 +91,16 @@ def calibrate_on_synthetic_web(
     near_dedup: NearDedupConfig | None = None,
     device: str = "auto",
     num_workers: int = 2,
+    pool_scale: float = 1.0,
 ) -> tuple[ScoreCalibration, dict]:
     """The score kind and copy threshold reaching ``target_precision`` on ``web``'s planted copies
     (the web must not be the one the threshold will be used on), with each kind's figures.
 
     ``near_dedup``: first drop what the ingest job's exact and near-exact dedup would (same
     settings), so the threshold is chosen on the copies that reach copy dedup, not on the easy
-    ones the pHash stage removes (those would lower the threshold and the precision it gives)."""
+    ones the pHash stage removes (those would lower the threshold and the precision it gives).
+    ``pool_scale``: the pool the threshold is for, in multiples of ``web``'s pool (see
+    :func:`curation.index.calibration.threshold_for_precision`)."""
     web = _web(web)
     keys, matrix = embed_folder(checkpoint, web.pool_dir, device=device, num_workers=num_workers)
     if near_dedup is not None:  # calibrate on what copy dedup will see: the ingest's survivors
@@ -119,4 +122,5 @@ def calibrate_on_synthetic_web(
         len(true),
         target_precision,
         measured_on=f"synthetic web {Path(web.root).name}",
+        pool_scale=pool_scale,
     )

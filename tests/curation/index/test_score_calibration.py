@@ -89,6 +89,28 @@ def test_threshold_reaches_the_target_precision_with_the_most_recall():
     assert threshold_for_precision(scores, np.zeros(2000, bool), 10, 0.9) == (None, 0.0)
 
 
+def test_a_threshold_for_a_larger_pool_keeps_its_precision_there():
+    """True pairs grow with the pool, false ones with its square: a threshold chosen for
+    precision 0.95 on a labelled set misses it on a pool 5x larger (many more false pairs per
+    true one), unless chosen with pool_scale=5."""
+    rng = np.random.default_rng(8)
+
+    def pairs(n_true, n_false):
+        scores = np.concatenate([rng.normal(1.0, 0.4, n_true), rng.normal(0.0, 0.4, n_false)])
+        return scores, np.arange(len(scores)) < n_true
+
+    small_scores, small_labels = pairs(2_000, 20_000)
+    big_scores, big_labels = pairs(10_000, 500_000)  # 5x the images: 5x true, 25x false
+    for scale, holds in ((1.0, False), (5.0, True)):
+        threshold, _ = threshold_for_precision(
+            small_scores, small_labels, 2_000, 0.95, pool_scale=scale
+        )
+        precision = big_labels[big_scores > threshold].mean()
+        assert (precision >= 0.94) == holds, (scale, precision)
+    with pytest.raises(ValueError, match="pool_scale"):
+        threshold_for_precision(small_scores, small_labels, 2_000, 0.95, pool_scale=0.5)
+
+
 def test_ties_are_accepted_or_rejected_together():
     scores = np.array([0.9, 0.5, 0.5, 0.1])
     labels = np.array([True, True, False, False])
