@@ -150,7 +150,12 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=None, help="default: 192 CPU, 16384 GPU")
     parser.add_argument("--unique", type=int, default=None, help="distinct JPEGs (default 1024)")
     parser.add_argument("--batch-size", type=int, default=None, help="default: 32 CPU, 256 GPU")
-    parser.add_argument("--workers", type=int, default=None, help="decode processes")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="decode workers (default: the stage's, from the machine)",
+    )
     parser.add_argument("--repeats", type=int, default=2, help="alternating timed rounds")
     parser.add_argument("--backend", default="auto", choices=["auto", "process", "thread"])
     parser.add_argument(
@@ -164,7 +169,7 @@ def main() -> None:
     gpu = args.device.startswith("cuda")
     n_images = args.images or (16384 if gpu else 192)
     batch_size = args.batch_size or (256 if gpu else 32)
-    workers = args.workers or (max(2, (os.cpu_count() or 2) - 2) if gpu else 2)
+    workers = args.workers  # None: the stage's choice from the machine (decode_workers)
     torch.backends.cudnn.benchmark = True
     config = EmbedConfig(
         model=f"sscd_{args.arch}",
@@ -185,6 +190,7 @@ def main() -> None:
         spec = embed_stage_spec(config)
         stage = spec.build()
         runner = stage.embedder
+        workers = runner.options.num_workers
         # Warm-up (cudnn autotuning, allocator, thread pool), untimed.
         run_stage_over(stage, warmup)
         run_naive(runner, warmup, batch_size, batch_size * 2)

@@ -18,11 +18,13 @@ bytes). ``num_workers=0`` decodes in the calling thread (tests, tiny jobs).
 from __future__ import annotations
 
 import logging
+import os
 import pickle
+import sys
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -59,7 +61,8 @@ class InferenceOptions:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str = "auto"  # auto (bf16 on CUDA, float32 on CPU) | float32 | bf16 | fp16
     batch_size: int = 64  # images per forward pass
-    num_workers: int = 4  # decode processes (0: decode in the calling process)
+    # decode workers (0: decode in the calling process); None: from the machine (decode_workers)
+    num_workers: int | None = None
     chunk_size: int = 16  # images per decode task (small: the first batch arrives early)
     backend: str = "auto"  # decode workers: process | thread | auto (threads on a CPU device)
     channels_last: bool | None = None  # None: on for conv nets
@@ -173,15 +176,41 @@ class _Chunks:
         return len(self.chunks)
 
 
+def usable_cpus() -> int:
+    """CPUs this process may use: in a Ray worker the CPUs Ray assigned to it (actors share the
+    host), else its affinity mask (which containers restrict)."""
+    ray = sys.modules.get("ray")  # only when something here already uses Ray
+    if ray is not None and ray.is_initialized():
+        assigned = ray.get_runtime_context().get_assigned_resources().get("CPU")
+        if assigned:
+            return max(1, int(assigned))
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0)) or 1
+    return os.cpu_count() or 1
+
+
+def decode_workers(device: torch.device) -> int:
+    """Decode workers for ``device`` from the machine: on a CPU device one thread per usable
+    CPU (decoding releases the GIL, and the forward waits for the batch anyway); beside a GPU
+    one process per usable CPU but two (the driver thread feeding the GPU and the loader keep
+    theirs), at least two. Measured: 14 decode processes on a 16-core H200 host; 2 threads on
+    2 cores (benchmarks/bench_embed.py)."""
+    cpus = usable_cpus()
+    return cpus if device.type == "cpu" else max(2, cpus - 2)
+
+
 class BatchEmbedder:
     """Runs an :class:`Embedder` over images given as byte loaders (picklable callables)."""
 
     def __init__(self, embedder: Embedder, options: InferenceOptions | None = None):
-        self.options = options = options or InferenceOptions()
-        if options.batch_size <= 0 or options.num_workers < 0 or options.chunk_size <= 0:
+        options = options or InferenceOptions()
+        if options.batch_size <= 0 or (options.num_workers or 0) < 0 or options.chunk_size <= 0:
             raise ValueError("batch_size and chunk_size must be positive and num_workers >= 0")
         self.embedder = embedder
         self.device = resolve_device(options.device)
+        if options.num_workers is None:
+            options = replace(options, num_workers=decode_workers(self.device))
+        self.options = options
         self.dtype = resolve_dtype(options.dtype, self.device)
         self.channels_last = (
             embedder.is_convnet if options.channels_last is None else options.channels_last

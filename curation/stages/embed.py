@@ -55,7 +55,10 @@ class EmbedConfig:
     channels_last: bool | None = None  # None: on for conv nets
     batch_size: int = 64  # images per forward pass
     rows_per_call: int = 1024  # rows the runner hands the stage at a time
-    num_workers: int = 4  # decode workers per stage worker (0: decode in the stage's thread)
+    # decode workers per stage worker (0: decode in the stage's thread); None: from the machine
+    # (curation.models.inference.decode_workers: a thread per CPU on CPU, CPUs - 2 processes
+    # beside a GPU)
+    num_workers: int | None = None
     # auto: processes for GPUs, threads on CPUs
     decode_backend: Literal["auto", "process", "thread"] = "auto"
     gpus: int = 0  # GPUs per Ray actor (0 or 1)
@@ -73,7 +76,7 @@ class EmbedConfig:
         for name in ("batch_size", "rows_per_call"):
             if getattr(self, name) < 1:
                 raise ValueError(f"embed.{name} must be at least 1, got {getattr(self, name)}")
-        if self.num_workers < 0:
+        if self.num_workers is not None and self.num_workers < 0:
             raise ValueError(f"embed.num_workers must be 0 or more, got {self.num_workers}")
         if self.gpus not in (0, 1):
             raise ValueError("embed.gpus must be 0 or 1 (one model replica per GPU)")

@@ -165,3 +165,40 @@ def test_cuda_matches_cpu_in_float32_and_bf16_stays_close():
         out = gpu.embed(loaders_of(images)).embeddings
         gpu.close()
         assert 1 - (out * reference).sum(axis=1).min() < tolerance, dtype
+
+
+def test_decode_workers_come_from_the_machine(monkeypatch):
+    """No decode-worker count is hard-coded: a thread per usable CPU on a CPU device, CPUs - 2
+    processes beside a GPU (at least 2), and in a Ray worker the CPUs Ray assigned to it."""
+    import types
+
+    import torch
+
+    from curation.models import inference
+
+    monkeypatch.setattr(inference.os, "sched_getaffinity", lambda pid: set(range(16)))
+    monkeypatch.delitem(inference.sys.modules, "ray", raising=False)
+    assert inference.decode_workers(torch.device("cpu")) == 16
+    assert inference.decode_workers(torch.device("cuda")) == 14
+    monkeypatch.setattr(inference.os, "sched_getaffinity", lambda pid: {0, 1})
+    assert inference.decode_workers(torch.device("cpu")) == 2
+    assert inference.decode_workers(torch.device("cuda")) == 2
+    context = types.SimpleNamespace(get_assigned_resources=lambda: {"CPU": 3.0, "GPU": 1.0})
+    fake_ray = types.SimpleNamespace(
+        is_initialized=lambda: True, get_runtime_context=lambda: context
+    )
+    monkeypatch.setitem(inference.sys.modules, "ray", fake_ray)
+    assert inference.usable_cpus() == 3
+    assert inference.decode_workers(torch.device("cpu")) == 3
+
+
+def test_the_default_options_pick_the_machines_decode_workers(monkeypatch):
+    from curation.models import inference
+
+    monkeypatch.setattr(inference.os, "sched_getaffinity", lambda pid: {0, 1, 2})
+    monkeypatch.delitem(inference.sys.modules, "ray", raising=False)
+    runner = inference.BatchEmbedder(make_embedder(), inference.InferenceOptions(device="cpu"))
+    try:
+        assert runner.options.num_workers == 3
+    finally:
+        runner.close()
