@@ -51,6 +51,13 @@ def register(sub) -> None:
     )
     copydetect.add_argument("--target-precision", type=float, default=0.95)
     copydetect.add_argument(
+        "--pool-size",
+        type=int,
+        help="with --store-calibration: the number of images the threshold will dedup; false "
+        "pairs grow with its square, so a larger pool needs a higher threshold for the same "
+        "precision (default: a pool the size of the tuning split)",
+    )
+    copydetect.add_argument(
         "--source",
         choices=("packages", "debian"),
         help="pictures: debian (Debian art packages via apt-get, the default where apt-get "
@@ -92,6 +99,8 @@ def check_inputs(ns: argparse.Namespace) -> Path:
         )
     if ns.store_calibration and not ns.checkpoint:
         raise ConfigError("--store-calibration needs a --checkpoint to store it in")
+    if ns.pool_size is not None and (ns.pool_size < 1 or not ns.store_calibration):
+        raise ConfigError("--pool-size needs --store-calibration and a count of images >= 1")
     for path in ns.checkpoint:
         if not path.exists():
             raise FileNotFoundError(f"checkpoint {path} does not exist")
@@ -183,6 +192,7 @@ def run_copydetect_command(ns: argparse.Namespace) -> int:
             target_precision=ns.target_precision,
             device=ns.device,
             num_workers=ns.num_workers,
+            pool_images=ns.pool_size,
         )
     report.update(
         source=source,

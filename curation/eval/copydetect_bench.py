@@ -363,10 +363,15 @@ class Method:
 
 
 def choose_calibration(
-    truth: CopySetTruth, embeddings: np.ndarray, target_precision: float, measured_on: str
+    truth: CopySetTruth,
+    embeddings: np.ndarray,
+    target_precision: float,
+    measured_on: str,
+    pool_images: int | None = None,
 ):
     """The score kind and threshold reaching ``target_precision`` with the highest pair recall on
-    this split (cosine on a tie); None when neither kind reaches it."""
+    this split (cosine on a tie), for a pool of ``pool_images`` (None: one the split's size);
+    None when neither kind reaches it."""
     from curation.index.calibration import fit_calibration
 
     i, j, cosine = knn_pairs(embeddings, K_NEIGHBOURS)
@@ -381,6 +386,7 @@ def choose_calibration(
             target_precision,
             ranks=DENSITY_RANKS,
             measured_on=measured_on,
+            pool_scale=max(1.0, (pool_images or 0) / max(len(embeddings), 1)),
         )
     except ValueError:  # no kind reaches the target
         return None
@@ -407,9 +413,11 @@ def run_copydetect(
     target_precision: float = 0.95,
     device: str = "auto",
     num_workers: int = 2,
+    pool_images: int | None = None,
 ) -> dict:
     """Evaluate ``methods`` on ``split`` of the built benchmark at ``root``; store calibrations
-    (chosen on the tuning split, checked on held-out) for methods that ask. A JSON-ready report."""
+    (chosen on the tuning split for a pool of ``pool_images``, checked on held-out) for methods
+    that ask. A JSON-ready report."""
     from curation.models.descriptor import write_calibration
 
     sets = {name: load_split(root, name) for name in SPLITS}
@@ -447,6 +455,7 @@ def run_copydetect(
                 embeddings,
                 target_precision,
                 f"{Path(root).name}:tuning",
+                pool_images,
             )
             entry: dict = {"method": method.name, "checkpoint": str(method.checkpoint)}
             if calibration is None:

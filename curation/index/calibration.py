@@ -40,6 +40,9 @@ class ScoreCalibration:
     target_precision: float | None = None  # the precision the threshold was chosen for
     center: tuple[float, ...] = field(default=(), repr=False)  # background mean; () = none
     measured_on: str = ""  # which benchmark split chose the threshold
+    # the pool the threshold was chosen for, in multiples of the measured set's size (see
+    # threshold_for_precision): 1 = a pool like the measured set
+    pool_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if self.kind not in SCORE_KINDS:
@@ -214,6 +217,7 @@ def fit_calibration(
                 threshold=threshold,
                 target_precision=target_precision,
                 measured_on=measured_on,
+                pool_scale=pool_scale,
             )
     if best is None:
         raise ValueError(f"no score reaches precision {target_precision} on this set: {per_kind}")

@@ -170,12 +170,7 @@ def calibrate(cfg: CurationConfig, checkpoint: Path) -> dict:
         calibration.threshold,
         calibration.target_precision,
     )
-    return {
-        "stored": True,
-        **calibration.to_dict(),
-        "per_kind": per_kind,
-        "pool_scale": cfg.synth.n_pool / n_pool,
-    }
+    return {"stored": True, **calibration.to_dict(), "per_kind": per_kind}
 
 
 def final_representatives(cfg: CurationConfig) -> dict[str, str]:

@@ -315,6 +315,11 @@ ROWS = [
         expect="a_file is a file",
     ),
     row("bench_split_enum", "bench", "copydetect", "--split", "test", expect="'test'"),
+    row(
+        "bench_pool_size_without_storing",
+        *("bench", "copydetect", "--cache", "cache", "--pool-size", "1000000"),
+        expect="--pool-size needs --store-calibration",
+    ),
     row("bench_untrained_unknown", "bench", "copydetect", "--untrained", "vgg", expect="'vgg'"),
     # pretrain: sources, output and impossible settings refused before the model is built
     row("pretrain_no_source", "pretrain", "--out", "run", expect="--shards --images is required"),

@@ -168,3 +168,8 @@ def test_fit_picks_the_score_with_the_most_recall_at_the_target():
     assert calib.measured_on == "planted" and calib.threshold == per_kind["density"]["threshold"]
     with pytest.raises(ValueError, match="no score reaches"):
         fit_calibration(x, i, j, sim, np.zeros_like(labels), 60, 0.95)
+    # for a pool 5x larger: a threshold no lower, and the scale recorded with it
+    larger, _ = fit_calibration(x, i, j, sim, labels, 60, 0.95, pool_scale=5.0)
+    assert larger.pool_scale == 5.0 and calib.pool_scale == 1.0
+    assert larger.threshold >= calib.threshold
+    assert ScoreCalibration.from_dict(larger.to_dict()) == larger
