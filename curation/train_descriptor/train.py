@@ -170,12 +170,19 @@ def _train(cfg, loaders, out, init_checkpoint, device) -> TrainResult:
     history: list[dict[str, float]] = []
     start = time.perf_counter()
     step, mark, refit_at = 0, 0.0, -1
+    # Time spent waiting for the next batch (augmentation not keeping up): in the log window
+    # since the last record, and in all.
+    waited = waited_in_all = 0.0
+    window_start = start
     while step < total:
         mode = autocast
         if autocast == "probe":  # steps 0-1 warm both paths up, steps 2-3 are timed
             mode = ("fp32", "bf16")[step % 2]
+        wait_start = time.perf_counter()
         views, index = next(batches)
         step_start = time.perf_counter()
+        waited += step_start - wait_start
+        waited_in_all += step_start - wait_start
         n = len(index)
         pixels = torch.cat([views[:, 0], views[:, 1]]).to(device, non_blocking=True)
         x = normalize_batch(pixels, prep, torch.float32, channels_last=channels_last)
@@ -232,6 +239,10 @@ def _train(cfg, loaders, out, init_checkpoint, device) -> TrainResult:
                 "lr": float(lrs[step - 1]),
                 "seconds": round(elapsed, 2),
             }
+            window = time.perf_counter() - window_start
+            record["data_wait_s"] = round(waited, 3)
+            record["data_wait_fraction"] = round(min(1.0, waited / window), 4) if window else 0.0
+            waited, window_start = 0.0, time.perf_counter()
             history.append(record)
             logger.info("step %d/%d %s", step, total, record)
         if cfg.time_budget_s and elapsed >= cfg.time_budget_s:
@@ -242,6 +253,7 @@ def _train(cfg, loaders, out, init_checkpoint, device) -> TrainResult:
         autocast = mode
     model = model.to(memory_format=torch.contiguous_format).cpu().eval()
     train_meta = {"steps": step, "seconds": round(seconds, 1), "autocast": autocast}
+    train_meta["data_wait_fraction"] = round(waited_in_all / seconds, 4) if seconds else 0.0
     train_meta["config"] = to_dict(replace(cfg, warm_start=None))
     train_meta["warm_start"] = str(cfg.warm_start) if cfg.warm_start else None
     save_descriptor_checkpoint(out, model, **meta, train=train_meta)

@@ -81,6 +81,28 @@ def test_short_run_saves_a_checkpoint_the_embed_stage_loads(small_web, tmp_path)
     assert embedder.dim == 16 and embedder.scales == (32, 48)
 
 
+def test_records_say_how_much_of_the_time_went_to_waiting_for_data(small_web, tmp_path):
+    """Each record has the seconds spent waiting for batches since the last one, and their share
+    of the time (issue 16): loaders that take 20 ms an image make the loop mostly wait."""
+    import time
+
+    loaders = [loader for _, loader in folder_loaders(small_web.pool_dir)[:40]]
+
+    def slow(loader):
+        time.sleep(0.02)
+        return loader()
+
+    cfg = DescriptorTrainConfig(**TINY, max_steps=4, autocast="fp32", mix_p=0.0)
+    fractions = {}
+    for name, chosen in (("fast", loaders), ("slow", [lambda f=f: slow(f) for f in loaders])):
+        result = train_descriptor(cfg, chosen, tmp_path / f"{name}.pt")
+        record = result.history[-1]
+        assert 0.0 <= record["data_wait_fraction"] <= 1.0 and record["data_wait_s"] >= 0
+        _, meta = load_descriptor_checkpoint(result.checkpoint)
+        fractions[name] = meta["train"]["data_wait_fraction"]
+    assert fractions["slow"] > 0.5 and fractions["slow"] > fractions["fast"]
+
+
 def test_same_seed_same_steps_give_identical_weights(small_web, tmp_path):
     # A loader process, mixing and augmentation all draw from seeded generators: on one machine
     # (same thread count) two runs must agree bit for bit.
