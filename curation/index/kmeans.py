@@ -70,7 +70,10 @@ class KMeansConfig:
     at a time. ``spherical``: unit-norm centroids (cosine clusters; False: free means, plain
     Euclidean k-means on the normalised vectors). ``reassign``: Hartigan's point moves and
     split/merge centroid moves out of Lloyd's local minima (False: plain Lloyd, as faiss runs it).
-    ``use_gpu`` None: when faiss sees a GPU."""
+    ``means``: return each cluster's mean instead of its unit centroid (the spherical partition
+    with the centroids that minimise squared L2 on it: for a caller scoring squared L2, as
+    scikit-learn's inertia does; the pipeline keeps unit centroids). ``use_gpu`` None: when faiss
+    sees a GPU."""
 
     k: int
     niter: int = 20
@@ -81,9 +84,11 @@ class KMeansConfig:
     use_gpu: bool | None = None
     spherical: bool = True
     reassign: bool = True
+    means: bool = False
 
     def __post_init__(self) -> None:
         _check_int("KMeansConfig", "k", self.k, 1)
+        _check_bool("KMeansConfig", "means", self.means)
         _check_bool("KMeansConfig", "spherical", self.spherical)
         _check_bool("KMeansConfig", "reassign", self.reassign)
         _check_int("KMeansConfig", "niter", self.niter, 1)
@@ -184,6 +189,7 @@ def train_kmeans(vectors, config: KMeansConfig) -> np.ndarray:
         seed=config.seed,
         batch_size=config.batch_size,
         use_gpu=gpu_enabled(config.use_gpu),
+        free_means=config.means,
     )
 
 

@@ -388,12 +388,15 @@ def lloyd(
     batch_size: int = 65_536,
     use_gpu: bool = False,
     hartigan: bool | None = None,
+    free_means: bool = False,
 ) -> np.ndarray:
     """``iterations`` Lloyd iterations over float32 rows ``x`` from ``centroids`` (k, d): the
     ``(k, d)`` float32 centroids, unit norm when ``spherical``. ``reassign``: Hartigan's point
     moves and the split/merge moves (False: plain Lloyd); ``hartigan`` (None: as ``reassign``)
-    turns the point moves alone on or off. ``x`` should be L2-normalised (the spherical cost
-    assumes unit centroids, not unit rows)."""
+    turns the point moves alone on or off. ``free_means``: return the means of the last partition's
+    clusters instead of its centroids (in the spherical mode, the partition's squared-L2 optimum:
+    the unit centroids scaled to each cluster's mean length). ``x`` should be L2-normalised (the
+    spherical cost assumes unit centroids, not unit rows)."""
     hartigan = reassign if hartigan is None else hartigan
     x = np.ascontiguousarray(x, dtype=np.float32)
     current = np.ascontiguousarray(centroids, dtype=np.float32)
@@ -440,6 +443,8 @@ def lloyd(
         counts = np.bincount(labels, minlength=k)
         sums = run.sums(labels)
         updated = _centroids(sums, counts, current, spherical)
+        if free_means:  # of this partition, before any move changes the centroids
+            cluster_means = _centroids(sums, counts, current, spherical=False)
         moved = np.zeros(k, dtype=bool)
         moves = 0
         if iteration in rounds:
@@ -467,4 +472,6 @@ def lloyd(
             logger.debug("converged after %d iterations", iteration + 1)
             break
         previous = labels
+    if free_means:
+        return np.ascontiguousarray(cluster_means, dtype=np.float32)
     return current

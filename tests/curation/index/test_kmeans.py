@@ -309,6 +309,25 @@ def test_lloyd_with_pruned_searches_equals_lloyd_with_full_ones(monkeypatch):
     np.testing.assert_allclose(pruned, full, atol=1e-5)
 
 
+def test_free_means_are_the_means_of_the_spherical_clusters():
+    """means=True: the same spherical partition, each cluster given its mean (the squared-L2
+    optimum on that partition) instead of its unit centroid: lower raw inertia, same clusters."""
+    x, _ = blobs([200] * 8, noise=0.8, seed=30)
+    start = x[np.random.default_rng(6).choice(len(x), 8, replace=False)]
+    unit_centroids = lloyd(x, start, 30)
+    means = train_kmeans(x, KMeansConfig(k=8, seed=0, means=True))
+    reference = train_kmeans(x, KMeansConfig(k=8, seed=0))
+    nearest = assign(x, reference)[0]  # converged: the final partition
+    expected = np.stack([x[nearest == c].mean(axis=0) for c in range(8)])
+    np.testing.assert_allclose(means, expected, atol=1e-5)
+    norms = np.linalg.norm(means, axis=1, keepdims=True)
+    np.testing.assert_allclose(means / norms, reference, atol=1e-5)
+    assert (norms < 1).all()
+    assert assign(x, means)[1].sum() < assign(x, reference)[1].sum()
+    assert np.linalg.norm(lloyd(x, start, 30, free_means=True), axis=1).max() < 1
+    assert np.allclose(np.linalg.norm(unit_centroids, axis=1), 1, atol=1e-5)
+
+
 def test_euclidean_mode_keeps_free_means():
     """spherical=False is plain k-means on the unit rows: each centroid is the mean of its rows
     (shorter than 1), which lowers the squared-L2 cost below the spherical centroids'."""
