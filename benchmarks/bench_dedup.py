@@ -16,7 +16,8 @@ IVF above ``--exact-limit`` vectors) runs once; then:
 Usage: ``python benchmarks/bench_dedup.py [--n 1000000] [--nlist 1024] [--nprobe 16] [--json]``.
 :func:`make_planted_vectors` is importable for other engines' runs (Spark, Ray) on the same data.
 
-``--spark``: the same vectors also go through the Spark job (:func:`run_spark_dedup` on
+``--spark``: the same vectors also go through the Spark job (with ``--method``: after the
+in-process method, its recall against the planted pairs) (:func:`run_spark_dedup` on
 ``--spark-master``, default ``local[2]``; written as EMBEDDING shards first): its wall time, the
 peak resident memory of the whole process tree (driver, JVM, Python workers; sampled), and its pair
 recall against the in-process pairs, side by side with the in-process figures.
@@ -170,8 +171,11 @@ def write_embedding_shards(vectors: np.ndarray, folder: Path, shards: int = 16) 
     return keys
 
 
-def run_spark(args: argparse.Namespace, vectors: np.ndarray, in_process: set) -> dict:
-    """The Spark job over ``vectors``: wall time, peak tree memory, recall vs ``in_process``."""
+def run_spark(
+    args: argparse.Namespace, vectors: np.ndarray, in_process: set, reference: str = "in_process"
+) -> dict:
+    """The Spark job over ``vectors``: wall time, peak tree memory, recall vs ``in_process``
+    (the pairs ``reference`` names: the in-process search's, or the planted ones)."""
     import pyarrow.parquet as pq
 
     from curation.engines.spark import get_spark_session
@@ -204,8 +208,8 @@ def run_spark(args: argparse.Namespace, vectors: np.ndarray, in_process: set) ->
         "replicas": args.replicas,
         "centroids": stats["centroids"],
         "pairs_found": len(found),
-        "recall_vs_in_process": round(len(found & in_process) / max(1, len(in_process)), 4),
-        "pairs_not_in_process": len(found - in_process),
+        f"recall_vs_{reference}": round(len(found & in_process) / max(1, len(in_process)), 4),
+        f"pairs_not_{reference}": len(found - in_process),
         "kept": stats["kept"],
         "session_start_seconds": round(session_seconds, 1),
         "wall_seconds": round(seconds, 1),
@@ -430,6 +434,13 @@ def compare_methods(args: argparse.Namespace) -> dict:
         figures["knn"] = {"settings": knn_settings} | method_figures(
             lambda x: knn_pairs(x, args.k, args.threshold, **knn_settings), vectors, planted, exact
         )
+    if args.spark:  # the same vectors through the Spark job, its recall against the planted pairs
+        if args.replicas is None:
+            from curation.engines.spark_dedup import SparkDedupConfig
+
+            args.replicas = SparkDedupConfig().replicas
+        truth = set(zip(planted[:, 0].tolist(), planted[:, 1].tolist()))
+        figures["spark"] = run_spark(args, vectors, truth, reference="planted")
     return figures
 
 
