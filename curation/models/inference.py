@@ -181,7 +181,10 @@ def usable_cpus() -> int:
     host), else its affinity mask (which containers restrict)."""
     ray = sys.modules.get("ray")  # only when something here already uses Ray
     if ray is not None and ray.is_initialized():
-        assigned = ray.get_runtime_context().get_assigned_resources().get("CPU")
+        try:
+            assigned = ray.get_runtime_context().get_assigned_resources().get("CPU")
+        except AssertionError:  # Ray's answer on the driver: it is not a worker
+            assigned = None
         if assigned:
             return max(1, int(assigned))
     if hasattr(os, "sched_getaffinity"):

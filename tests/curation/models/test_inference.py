@@ -191,6 +191,12 @@ def test_decode_workers_come_from_the_machine(monkeypatch):
     assert inference.usable_cpus() == 3
     assert inference.decode_workers(torch.device("cpu")) == 3
 
+    def on_the_driver():  # what Ray answers in the process that called ray.init()
+        raise AssertionError("This method is only available when the process is a worker.")
+
+    context.get_assigned_resources = on_the_driver
+    assert inference.usable_cpus() == 2  # the affinity mask
+
 
 def test_the_default_options_pick_the_machines_decode_workers(monkeypatch):
     from curation.models import inference
