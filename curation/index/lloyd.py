@@ -201,9 +201,10 @@ class _Lloyd:
             distance = squares[:, None] + centroid_squares[labels] - 2.0 * distance
         return labels, np.maximum(distance, 0)
 
-    def sort_rows(self, labels: np.ndarray) -> None:
+    def sort_rows(self, labels: np.ndarray, sums: np.ndarray | None = None) -> None:
         """Keep a copy of the rows sorted by ``labels`` (the reference partition of the pruned
-        search), gathered ``batch_size`` rows at a time, and the reference clusters' row sums."""
+        search), gathered ``batch_size`` rows at a time, and the reference clusters' row
+        ``sums`` (computed here when not given)."""
         self.order = np.argsort(labels, kind="stable")
         self.labels = labels.copy()
         self.reference = labels[self.order]
@@ -214,7 +215,7 @@ class _Lloyd:
             rows = self.order[start : start + self.batch_size]
             np.take(self.x, rows, axis=0, out=self.sorted[start : start + len(rows)])
         self.sorted_squares = self.squares[self.order]
-        self.reference_sums = _group_sums(self.x, labels, self.k)
+        self.reference_sums = _group_sums(self.x, labels, self.k) if sums is None else sums
 
     def assign_pruned(self, centroids: np.ndarray):
         """:meth:`assign` by a pruned search: each row is compared only with the ``CANDIDATES``
@@ -408,6 +409,7 @@ def lloyd(
         if reassign and k > 2 and i % REASSIGN_EVERY == 0 and i < iterations - SETTLE_ITERATIONS
     ]
     previous, means = None, False  # the last partition; whether `current` holds its means
+    previous_sums = None  # the last partition's per-cluster sums
     prunable = run.prune and k >= PRUNE_MIN_K and len(x) >= PRUNE_MIN_ROWS_PER_CENTROID * k
     paused = 0  # full searches left before the next pruned one
     costs: list[float] = []  # of each iteration's starting centroids
@@ -419,7 +421,7 @@ def lloyd(
             paused, held = max(paused - 1, 0), 0.0
         else:
             if resort:
-                run.sort_rows(previous)
+                run.sort_rows(previous, previous_sums)
             nearest, distances, held = run.assign_pruned(current)
             paused = PRUNE_PAUSE if held < 0.5 else 0
         resort = held < RESORT_BELOW
@@ -471,7 +473,7 @@ def lloyd(
         if unchanged and means and not pending:  # a fixed point: every later iteration the same
             logger.debug("converged after %d iterations", iteration + 1)
             break
-        previous = labels
+        previous, previous_sums = labels, sums
     if free_means:
         return np.ascontiguousarray(cluster_means, dtype=np.float32)
     return current
