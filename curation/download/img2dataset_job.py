@@ -34,6 +34,7 @@ from pathlib import Path
 
 from curation import run_log, storage
 from curation.config import ConfigError
+from curation.cpus import affinity_cpus
 from curation.download import worker_pool
 from curation.download.config import DownloadConfig, needs_decode
 from curation.download.kill_points import kill_point
@@ -80,13 +81,6 @@ def shard_lock_path(output_dir: str | os.PathLike) -> Path:
     return Path(storage.as_path(output_dir)).parent / SHARD_LOCK
 
 
-def _usable_cpus() -> int:
-    """CPUs this process may run on (its affinity mask, which containers restrict)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0)) or 1
-    return os.cpu_count() or 1
-
-
 def img2dataset_arguments(settings: DownloadConfig, extra_columns: list[str]) -> dict:
     """Keyword arguments of ``img2dataset.download`` for ``settings`` (input and output aside)."""
     # output_format and resize_mode are Literal settings, checked when the config is built.
@@ -116,7 +110,7 @@ def img2dataset_arguments(settings: DownloadConfig, extra_columns: list[str]) ->
         "max_aspect_ratio": settings.max_aspect_ratio or float("inf"),
         "compute_hash": "sha256",
         "verify_hash": [verify, "sha256"] if verify else None,
-        "processes_count": settings.processes_count or _usable_cpus(),
+        "processes_count": settings.processes_count or affinity_cpus(),
         "thread_count": settings.thread_count,
         "timeout": settings.timeout,
         "retries": settings.retries,

@@ -18,7 +18,6 @@ bytes). ``num_workers=0`` decodes in the calling thread (tests, tiny jobs).
 from __future__ import annotations
 
 import logging
-import os
 import pickle
 import sys
 from collections import deque
@@ -32,6 +31,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from curation.config import ConfigError
+from curation.cpus import affinity_cpus
 from curation.imaging import DEFAULT_MAX_PIXELS, ImageRejected, decode_rgb
 from curation.models.embedder import Embedder
 from curation.models.preprocess import (
@@ -187,9 +187,7 @@ def usable_cpus() -> int:
             assigned = None
         if assigned:
             return max(1, int(assigned))
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0)) or 1
-    return os.cpu_count() or 1
+    return affinity_cpus()
 
 
 def decode_workers(device: torch.device) -> int:

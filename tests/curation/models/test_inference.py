@@ -8,6 +8,7 @@ normalises in float32, the reference in float64 (then float32 for the model): em
 """
 
 import io
+import os
 from functools import partial
 
 import numpy as np
@@ -176,11 +177,11 @@ def test_decode_workers_come_from_the_machine(monkeypatch):
 
     from curation.models import inference
 
-    monkeypatch.setattr(inference.os, "sched_getaffinity", lambda pid: set(range(16)))
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
     monkeypatch.delitem(inference.sys.modules, "ray", raising=False)
     assert inference.decode_workers(torch.device("cpu")) == 16
     assert inference.decode_workers(torch.device("cuda")) == 14
-    monkeypatch.setattr(inference.os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
     assert inference.decode_workers(torch.device("cpu")) == 2
     assert inference.decode_workers(torch.device("cuda")) == 2
     context = types.SimpleNamespace(get_assigned_resources=lambda: {"CPU": 3.0, "GPU": 1.0})
@@ -201,7 +202,7 @@ def test_decode_workers_come_from_the_machine(monkeypatch):
 def test_the_default_options_pick_the_machines_decode_workers(monkeypatch):
     from curation.models import inference
 
-    monkeypatch.setattr(inference.os, "sched_getaffinity", lambda pid: {0, 1, 2})
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2})
     monkeypatch.delitem(inference.sys.modules, "ray", raising=False)
     runner = inference.BatchEmbedder(make_embedder(), inference.InferenceOptions(device="cpu"))
     try:
