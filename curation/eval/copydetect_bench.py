@@ -342,12 +342,7 @@ def untrained_checkpoint(arch: str, folder: Path) -> Path:
 
     cfg = DescriptorTrainConfig(arch=arch)
     model, arch_kwargs = build_model(cfg)
-    inference = {
-        "size": cfg.inference_size or cfg.augment.size,
-        "resize": "square",
-        "scales": list(cfg.inference_scales),
-        "multiple_of": getattr(model, "patch_size", 1),
-    }
+    inference = cfg.inference_settings(getattr(model, "patch_size", 1))
     path = Path(folder) / f"untrained-{arch}.pt"
     save_descriptor_checkpoint(
         path, model, arch=arch, dim=cfg.dim, arch_kwargs=arch_kwargs, inference=inference

@@ -138,6 +138,22 @@ class _Normalized(nn.Module):
         return F.normalize(self.inner(x).float(), dim=-1)
 
 
+class FlipAveraged(nn.Module):
+    """``normalize(f(x) + f(mirror(x)))``: the same descriptor for an image and its mirror image
+    (a horizontal flip is a copy edit), at twice the forward cost. The inner model's outputs are
+    L2-normalised, so each view counts equally."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+        self.dim = getattr(inner, "dim", None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        both = self.inner(torch.cat([x, x.flip(-1)])).float()
+        plain, mirrored = both.chunk(2)
+        return F.normalize(plain + mirrored, dim=-1)
+
+
 def model_names() -> list[str]:
     return sorted(SSCD_MODELS) + list(FILE_MODELS) + ["<pretrain.models arch, e.g. dinov2_vits14>"]
 
@@ -218,11 +234,16 @@ def load_embedder(
     scales: tuple[int, ...] = (),
     use_patch_tokens: bool = False,
     model_id: str | None = None,
+    flip: bool | None = None,
+    trim_borders: bool | None = None,
 ) -> Embedder:
     """Build the embedder named ``model`` (see the module docstring), on the CPU, in eval mode.
 
     ``size`` / ``resize`` default to the model's own recipe: SSCD 320 x 320 square; a trained
     descriptor what its checkpoint recorded; DINOv2 short side 256 then a 224 centre crop.
+    ``flip`` (average with the mirror image, :class:`FlipAveraged`) and ``trim_borders`` (crop
+    uniform borders first, :mod:`curation.models.borders`) default to what a descriptor
+    checkpoint recorded, else off.
     """
     path = Path(checkpoint) if checkpoint is not None else None
     if path is not None and not path.is_file():
@@ -260,18 +281,26 @@ def load_embedder(
         raise EmbedderError(f"unknown embedding model {model!r}; expected one of {model_names()}")
     if scales:  # decode once at the largest size; the smaller ones are made on the device
         size = max(scales)
+    flip = bool(meta.get("flip", False)) if flip is None else flip
+    trim_borders = bool(meta.get("trim_borders", False)) if trim_borders is None else trim_borders
     prep = Preprocessing(
-        size=size or int(default_size), resize=resize or default_resize, multiple_of=multiple_of
+        size=size or int(default_size),
+        resize=resize or default_resize,
+        multiple_of=multiple_of,
+        trim_borders=trim_borders,
     )
     if scales and prep.resize != "square":
         raise EmbedderError("multi-scale inference (scales) needs resize='square'")
     net = net.eval()
     dim = getattr(net, "dim", None) or _probe_dim(net, prep)
+    if flip:
+        net = FlipAveraged(net).eval()
     if model_id is None:
         source = path.name if path is not None else "random-init"
         sizes = "+".join(str(s) for s in scales) if scales else str(prep.size)
         tokens = "+patch" if use_patch_tokens and not is_convnet else ""
-        model_id = f"{model}{tokens}:{source}:{prep.resize}{sizes}"
+        extras = ("+flip" if flip else "") + ("+trim" if trim_borders else "")
+        model_id = f"{model}{tokens}:{source}:{prep.resize}{sizes}{extras}"
     calibration = meta.get("calibration") or None
     return Embedder(
         net, model_id, dim, prep, tuple(int(s) for s in scales), is_convnet, calibration

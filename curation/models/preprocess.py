@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from curation.models.borders import trim_uniform_borders
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -45,6 +47,9 @@ class Preprocessing:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     multiple_of: int = 1  # ViTs need sides that are multiples of the patch size
+    # Crop uniform borders off first (copy descriptors: padding is a copy edit; see
+    # curation/models/borders.py).
+    trim_borders: bool = False
 
     def __post_init__(self) -> None:
         if self.resize not in RESIZE_MODES:
@@ -59,6 +64,8 @@ def _round_to(value: float, multiple: int) -> int:
 
 def resize_image(image: Image.Image, prep: Preprocessing) -> Image.Image:
     """Resize an RGB PIL image as ``prep`` says (bilinear with PIL's antialiasing)."""
+    if prep.trim_borders:
+        image = trim_uniform_borders(image)
     size, multiple = prep.size, prep.multiple_of
     width, height = image.size
     if prep.resize == "square":

@@ -48,6 +48,10 @@ class EmbedConfig:
     size: int | None = None  # None: the model's own (SSCD 320, descriptor: as trained, ViT 224)
     resize: Literal["square", "short_side", "center_crop"] | None = None  # None: the model's own
     scales: tuple[int, ...] = ()  # multi-scale: mean of L2-normalised descriptors at these sizes
+    # Average each descriptor with its mirror image's / crop uniform borders first; None: what a
+    # descriptor checkpoint recorded (curation.models.embedder.load_embedder), else off.
+    flip: bool | None = None
+    trim_borders: bool | None = None
     use_patch_tokens: bool = False  # retrieval embedder: CLS + mean patch token
     input: Literal["image_record", "encoded_image"] = "image_record"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -86,6 +90,8 @@ class EmbedConfig:
             "size": self.size,
             "resize": self.resize,
             "scales": self.scales,
+            "flip": self.flip,
+            "trim_borders": self.trim_borders,
             "use_patch_tokens": self.use_patch_tokens,
             "model_id": self.model_id,
         }

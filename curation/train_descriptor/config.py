@@ -55,6 +55,10 @@ class DescriptorTrainConfig:
     mix_alpha: float = 2.0
     inference_size: int | None = None  # recorded for the embed stage; None: augment.size
     inference_scales: tuple[int, ...] = ()  # recorded multi-scale sizes, e.g. (128, 160, 224)
+    # Recorded for the embed stage: average each descriptor with its mirror image's (flips are
+    # copy edits; twice the forward cost) and crop uniform borders before resizing (pads are).
+    inference_flip: bool = False
+    inference_trim_borders: bool = False
     device: str = "auto"
     autocast: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     channels_last: bool = True
@@ -64,6 +68,17 @@ class DescriptorTrainConfig:
     seed: int = 0
     warm_start: Path | None = None  # backbone checkpoint to start the trunk from
     log_every: int = 25
+
+    def inference_settings(self, multiple_of: int) -> dict[str, Any]:
+        """What a checkpoint of this recipe records for the embed stage (its ``inference``)."""
+        return {
+            "size": self.inference_size or self.augment.size,
+            "resize": "square",
+            "scales": list(self.inference_scales),
+            "flip": self.inference_flip,
+            "trim_borders": self.inference_trim_borders,
+            "multiple_of": multiple_of,
+        }
 
     def __post_init__(self) -> None:
         check_choices(self)

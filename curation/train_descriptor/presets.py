@@ -35,6 +35,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         "max_steps": 100_000,
         "time_budget_s": 900.0,
         "inference_size": 96,
+        # Read with uniform borders cropped and averaged with the mirror image: on the tuning
+        # split, pair uAP 0.570 -> 0.582 (density) and 0.493 -> 0.532 (cosine) for one run.
+        "inference_trim_borders": True,
+        "inference_flip": True,
     },
     # 15 minutes on one GPU: SSCD's ResNet-50 trunk at 224 px, read at 288 px, bf16.
     "gpu": {
@@ -46,6 +50,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "max_steps": 100_000,
         "time_budget_s": 900.0,
         "inference_size": 288,
+        "inference_trim_borders": True,  # the mirror average (inference_flip) doubles the forward
         "num_workers": 8,
     },
 }

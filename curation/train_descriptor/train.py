@@ -123,12 +123,7 @@ def _train(cfg, loaders, out, init_checkpoint, device) -> TrainResult:
     multiple = model.patch_size if is_vit else 1
     if size % multiple:
         raise ValueError(f"augment.size {size} must be a multiple of the patch size {multiple}")
-    inference = {
-        "size": cfg.inference_size or size,
-        "resize": "square",
-        "scales": list(cfg.inference_scales),
-        "multiple_of": multiple,
-    }
+    inference = cfg.inference_settings(multiple)
     meta = {"arch": cfg.arch, "dim": cfg.dim, "arch_kwargs": arch_kwargs, "inference": inference}
     if init_checkpoint is not None:
         save_descriptor_checkpoint(init_checkpoint, model, **meta, train={"steps": 0})

@@ -74,3 +74,29 @@ def test_resnet_warm_start_skips_the_classifier_and_checks_the_trunk(tmp_path):
     wrong = build_descriptor("resnet18", dim=16, width=16)
     with pytest.raises((DescriptorCheckpointError, RuntimeError)):
         warm_start(wrong, "resnet18", path)
+
+
+def test_recorded_flip_and_trim_make_mirror_images_one_descriptor(tmp_path):
+    torch.manual_seed(0)
+    model = build_descriptor("resnet18", dim=16, width=8).eval()
+    inference = {"size": 32, "resize": "square", "scales": [], "multiple_of": 1}
+    path = save_descriptor_checkpoint(
+        tmp_path / "d.pt",
+        model,
+        arch="resnet18",
+        dim=16,
+        arch_kwargs={"width": 8},
+        inference={**inference, "flip": True, "trim_borders": True},
+    )
+    embedder = load_embedder("descriptor", path)
+    assert embedder.preprocessing.trim_borders
+    assert embedder.model_id.endswith("+flip+trim")
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        both = embedder.model(torch.cat([x, x.flip(-1)]))
+        assert torch.allclose(both[:3], both[3:], atol=1e-5)
+        assert torch.allclose(both.norm(dim=-1), torch.ones(6), atol=1e-5)
+        plain = load_embedder("descriptor", path, flip=False, trim_borders=False)
+        assert not plain.preprocessing.trim_borders and plain.model_id != embedder.model_id
+        apart = plain.model(torch.cat([x, x.flip(-1)]))
+        assert not torch.allclose(apart[:3], apart[3:], atol=1e-3)

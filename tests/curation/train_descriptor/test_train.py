@@ -69,7 +69,13 @@ def test_dataset_skips_undecodable_images(small_web):
 def test_short_run_saves_a_checkpoint_the_embed_stage_loads(small_web, tmp_path):
     loaders = [loader for _, loader in folder_loaders(small_web.pool_dir)[:40]]
     cfg = DescriptorTrainConfig(
-        **TINY, max_steps=3, autocast="fp32", inference_scales=(32, 48), mix_p=0.5
+        **TINY,
+        max_steps=3,
+        autocast="fp32",
+        inference_scales=(32, 48),
+        inference_flip=True,
+        inference_trim_borders=True,
+        mix_p=0.5,
     )
     result = train_descriptor(cfg, loaders, tmp_path / "d.pt", init_checkpoint=tmp_path / "i.pt")
     assert result.steps == 3 and np.isfinite(result.history[-1]["loss"])
@@ -79,6 +85,7 @@ def test_short_run_saves_a_checkpoint_the_embed_stage_loads(small_web, tmp_path)
     assert not torch.equal(trained.backbone.conv1.weight, initial.backbone.conv1.weight)
     embedder = load_embedder("descriptor", result.checkpoint)
     assert embedder.dim == 16 and embedder.scales == (32, 48)
+    assert embedder.preprocessing.trim_borders and embedder.model_id.endswith("+flip+trim")
 
 
 def test_records_say_how_much_of_the_time_went_to_waiting_for_data(small_web, tmp_path):
