@@ -27,23 +27,37 @@ MAX_ROUNDS = 3
 SEARCH_SIDE = 384  # larger images are searched on a box-filtered copy about this size
 
 
+def _border_lines(chunk: np.ndarray, colour: np.ndarray, tolerance: int, min_fraction: float):
+    """Which lines of ``chunk`` ([m, length, 3]) are border of ``colour``."""
+    diff = np.abs(chunk.astype(np.int16) - colour).max(axis=-1)  # [m, length]
+    return ((diff <= tolerance).mean(axis=1) >= min_fraction) & (
+        diff.mean(axis=1) <= MEAN_TOLERANCE
+    )
+
+
 def _border_run(
     lines: np.ndarray, tolerance: int, min_fraction: float, previous: np.ndarray | None
 ) -> tuple[int, np.ndarray | None]:
-    """How many leading lines of ``lines`` ([n, length, 3] int16, outermost first) are border, and
+    """How many leading lines of ``lines`` ([n, length, 3] uint8, outermost first) are border, and
     its colour. A side already trimmed to ``previous`` continues only into a different colour (a
-    second border), never into more of the same: that is how a smooth gradient would creep in."""
+    second border), never into more of the same: that is how a smooth gradient would creep in.
+
+    Lines are looked at outermost first, in chunks that double, up to the first that is not
+    border: most sides have none, and their cost is one line, not the whole image."""
     colour = np.median(lines[0], axis=0)
     if previous is not None and np.abs(colour - previous).max() <= tolerance:
         return 0, previous
-    diff = np.abs(lines - colour).max(axis=-1)  # [n, length]
-    is_border = ((diff <= tolerance).mean(axis=1) >= min_fraction) & (
-        diff.mean(axis=1) <= MEAN_TOLERANCE
-    )
-    if not is_border[0]:
+    if not _border_lines(lines[:1], colour, tolerance, min_fraction)[0]:
         return 0, previous  # the outermost line itself is not uniform: no border on this side
-    inside = np.flatnonzero(~is_border)
-    return (int(inside[0]) if inside.size else len(lines)), colour
+    done, step = 1, 8
+    while done < len(lines):
+        inside = np.flatnonzero(
+            ~_border_lines(lines[done : done + step], colour, tolerance, min_fraction)
+        )
+        if inside.size:
+            return done + int(inside[0]), colour
+        done, step = done + step, 2 * step
+    return len(lines), colour
 
 
 def content_box(
@@ -55,11 +69,10 @@ def content_box(
     """``(left, top, right, bottom)`` of ``pixels`` ([H, W, 3] uint8) inside its uniform borders;
     the whole image when trimming would keep less than ``min_keep`` of a side."""
     height, width = pixels.shape[:2]
-    a = pixels.astype(np.int16)
     left, top, right, bottom = 0, 0, width, height
     colours: list[np.ndarray | None] = [None] * 4  # top, bottom, left, right
     for _ in range(MAX_ROUNDS):
-        box = a[top:bottom, left:right]
+        box = pixels[top:bottom, left:right]
         if box.shape[0] < 2 or box.shape[1] < 2:
             break
         found = list(colours)
