@@ -146,7 +146,6 @@ class FlipAveraged(nn.Module):
     def __init__(self, inner: nn.Module):
         super().__init__()
         self.inner = inner
-        self.dim = getattr(inner, "dim", None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         both = self.inner(torch.cat([x, x.flip(-1)])).float()
