@@ -146,6 +146,42 @@ DEDUP_EDGE_SCHEMA = _named(
     ],
 )
 
+# Pairs the copy dedup's search found over a lowered threshold (dedup.verify): the cosine and the
+# edge score (the cosine, or the density-calibrated score), to split sure pairs from pairs to check.
+DEDUP_CANDIDATE_SCHEMA = _named(
+    "dedup_candidate",
+    1,
+    [
+        pa.field("src_key", pa.string(), nullable=False),
+        pa.field("dst_key", pa.string(), nullable=False),
+        pa.field("similarity", pa.float32(), nullable=False),
+        pa.field("score", pa.float32(), nullable=False),
+    ],
+)
+
+# A candidate copy pair checked with pixels (dedup.verify): its search scores, where each image's
+# bytes are, and how well one image is a rescaled window of the other (curation.window_match; null
+# where an image could not be read, with the reason in status / error_message).
+PAIR_CHECK_SCHEMA = _named(
+    "pair_check",
+    1,
+    [
+        pa.field("src_key", pa.string(), nullable=False),
+        pa.field("dst_key", pa.string(), nullable=False),
+        pa.field("similarity", pa.float32(), nullable=False),  # the cosine searched
+        pa.field("score", pa.float32(), nullable=False),  # the edge score (cosine or calibrated)
+        pa.field("src_file", pa.string()),
+        pa.field("src_offset", pa.int64()),
+        pa.field("src_size", pa.int64()),
+        pa.field("dst_file", pa.string()),
+        pa.field("dst_offset", pa.int64()),
+        pa.field("dst_size", pa.int64()),
+        pa.field("window_score", pa.float32()),  # null on input and where unreadable
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("error_message", pa.string()),
+    ],
+)
+
 # Connected components: every image, its component and whether it survives.
 DEDUP_COMPONENT_SCHEMA = _named(
     "dedup_component",
@@ -313,6 +349,8 @@ ALL_SCHEMAS = {
         IMAGE_HASH_SCHEMA,
         HASH_DEDUP_SCHEMA,
         DEDUP_EDGE_SCHEMA,
+        DEDUP_CANDIDATE_SCHEMA,
+        PAIR_CHECK_SCHEMA,
         DEDUP_COMPONENT_SCHEMA,
         CLUSTER_ASSIGNMENT_SCHEMA,
         RETRIEVAL_SELECTION_SCHEMA,

@@ -49,6 +49,12 @@ def register(sub) -> None:
         help="choose the score kind and threshold on the tuning split and store them in each "
         "--checkpoint (then report them on held-out)",
     )
+    copydetect.add_argument(
+        "--verify",
+        action="store_true",
+        help="also score each descriptor with lvd dedup's pixel check (dedup.verify) of every "
+        "kNN pair: <score>+verify rows",
+    )
     copydetect.add_argument("--target-precision", type=float, default=0.95)
     copydetect.add_argument(
         "--pool-size",
@@ -140,11 +146,11 @@ COLUMNS = (
 
 def format_table(results: list[dict]) -> str:
     width = max([len(r["method"]) for r in results] + [6])
-    head = f"{'method':<{width}}  {'score':<8}" + "".join(f"  {t:>{len(t)}}" for _, t in COLUMNS)
+    head = f"{'method':<{width}}  {'score':<14}" + "".join(f"  {t:>{len(t)}}" for _, t in COLUMNS)
     lines = [head, "-" * len(head)]
     for r in results:
         cells = "".join(f"  {r[key]:>{len(title)}.3f}" for key, title in COLUMNS)
-        lines.append(f"{r['method']:<{width}}  {r['score']:<8}{cells}")
+        lines.append(f"{r['method']:<{width}}  {r['score']:<14}{cells}")
     return "\n".join(lines)
 
 
@@ -193,6 +199,7 @@ def run_copydetect_command(ns: argparse.Namespace) -> int:
             device=ns.device,
             num_workers=ns.num_workers,
             pool_images=ns.pool_size,
+            verify=ns.verify,
         )
     report.update(
         source=source,

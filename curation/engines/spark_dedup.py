@@ -63,10 +63,13 @@ from curation.engines.spark_pairs import (
     train_partition_centroids,
 )
 from curation.engines.spark_stats import component_stats_of, eval_set_stats, reason_counts
+from curation.engines.spark_verify import check_counts, checked_edges
+from curation.imaging import DEFAULT_MAX_PIXELS
 from curation.index.calibration import ScoreCalibration
 from curation.index.components import REASON_CONTAMINATED, REASON_DUPLICATE
 from curation.index.knn import DensityScore
 from curation.io import read_json, write_bytes_atomic, write_json_atomic
+from curation.readers.record_locations import NOT_CHECKED, locate_images, record_files
 from curation.stages.copy_dedup import CopyDedupConfig, EdgeScoring, resolve_scoring
 from schemas import DEDUP_COMPONENT_SCHEMA, DEDUP_EDGE_SCHEMA, DEDUP_REASON_KEPT, SchemaError
 
@@ -104,6 +107,12 @@ class SparkDedupConfig:
     eval_replicas: int = 8
     sample_size: int = 100_000  # rows collected to the driver to train the coarse k-means
     seed: int = 0
+    # Pixel check of the pairs scoring in (threshold - verify_margin, threshold]
+    # (:mod:`.spark_verify`, as CopyDedupConfig's); without image records nothing is checked.
+    verify: bool = True
+    verify_margin: float = 0.15
+    verify_min: float = 0.9
+    max_pixels: int = DEFAULT_MAX_PIXELS  # decode limit of the pixel check
 
     def __post_init__(self) -> None:
         check_choices(self)
@@ -125,6 +134,7 @@ class SparkDedupConfig:
             )
         if self.sample_size < 1:
             raise ValueError(f"sample_size must be at least 1, got {self.sample_size}")
+        CopyDedupConfig(verify_margin=self.verify_margin, verify_min=self.verify_min)  # checks
 
 
 def resolve_score(
@@ -153,6 +163,7 @@ class DedupFrames(NamedTuple):
     eval_pairs: Any  # (eval_set, src_key = pool key, dst_key = evaluation key, similarity)
     components: Any  # DEDUP_COMPONENT rows (materialised)
     densities: Any | None  # (key, density) with density scores
+    checked: Any | None  # PAIR_CHECK rows of the pairs checked with pixels (verify; materialised)
     images: int
     dim: int | None
     centroids: int
@@ -201,6 +212,10 @@ def spark_dedup_frames(
         eval_frames.append(frame.withColumn("eval_set", F.lit(name)))
         eval_sizes[name] = n_eval
 
+    verify = config.verify and locate_images(record_files(records))
+    if config.verify and not verify:
+        logger.warning(NOT_CHECKED)
+    search_threshold = scoring.threshold - (config.verify_margin if verify else 0.0)
     if n_pool:
         centroids = train_partition_centroids(
             pool, n_pool, config.n_centroids, config.sample_size, config.seed
@@ -213,7 +228,7 @@ def spark_dedup_frames(
         pairs = partition_pairs(
             assigned,
             config.k,
-            scoring.threshold,
+            search_threshold,
             config.eval_threshold,
             scoring.density(),
             center=scoring.center,
@@ -223,12 +238,18 @@ def spark_dedup_frames(
         centroids = np.zeros((0, 0), np.float32)
         pairs = spark.createDataFrame([], to_spark_schema(PAIR_SCHEMA))
     rows = distinct_pairs(pairs.where(F.col("eval_set").isNull()), "src_key", "dst_key")
-    densities = None
+    densities = checked = None
     if scoring.kind == "density":
         rows, densities = density_scored_edges(
-            cut_lineage(rows), scoring.threshold, scoring.density()
+            cut_lineage(rows), search_threshold, scoring.density()
         )
-    edges = cut_lineage(rows)
+    else:
+        rows = rows.withColumn("score", F.col("similarity"))
+    if verify:
+        rows, checked = checked_edges(
+            rows, records, scoring.threshold, config.verify_min, config.max_pixels
+        )
+    edges = cut_lineage(rows.select("src_key", "dst_key", "similarity"))
     eval_pairs = distinct_pairs(
         pairs.where(F.col("eval_set").isNotNull()), "eval_set", "src_key", "dst_key"
     )
@@ -237,7 +258,7 @@ def spark_dedup_frames(
     contaminated = eval_pairs.select(F.col("src_key").alias("key")).distinct()
     components = cut_lineage(components_frame(pool, representatives, contaminated))
     return DedupFrames(
-        pool, edges, eval_pairs, components, densities, n_pool, dim, len(centroids),
+        pool, edges, eval_pairs, components, densities, checked, n_pool, dim, len(centroids),
         eval_sizes, scoring,
     )  # fmt: skip
 
@@ -318,6 +339,7 @@ def run_spark_dedup(
         "groups": component_stats_of(found.components),
         "eval_sets": eval_set_stats(found.eval_pairs, list(found.eval_sets)),
         "guard": config.guard,
+        **(check_counts(found.checked, config.verify_min) if found.checked is not None else {}),
         "seconds": round(time.monotonic() - started, 3),
     }
     write_bytes_atomic(out / "_config.yaml", yaml.safe_dump(description, sort_keys=False).encode())

@@ -181,7 +181,7 @@ def merged_densities(rows, ranks: tuple[int, int]):
 def density_scored_edges(rows, threshold: float, density: DensityScore):
     """``(edges, densities)``: the merged pool rows whose score ``similarity - beta * (density_src
     + density_dst) / 2`` (float32, as :func:`curation.index.calibration.calibrated_scores`) is over
-    ``threshold``, with their cosine; and :func:`merged_densities`."""
+    ``threshold``, with their cosine and that score; and :func:`merged_densities`."""
     F = functions()
     densities = merged_densities(rows, density.ranks)
     src = densities.select(F.col("key").alias("src_key"), F.col("density").alias("src_density"))
@@ -192,6 +192,6 @@ def density_scored_edges(rows, threshold: float, density: DensityScore):
         rows.join(src, "src_key")
         .join(dst, "dst_key")
         .where(score > F.lit(threshold).cast("float"))
-        .select("src_key", "dst_key", "similarity")
+        .select("src_key", "dst_key", "similarity", score.alias("score"))
     )
     return edges, densities

@@ -26,6 +26,7 @@ import shutil
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
@@ -57,6 +58,10 @@ VERSION = "v1"
 SPLITS = ("tuning", "heldout")
 SOURCES = ("packages", "debian")
 K_NEIGHBOURS = 10
+# The pixel check of lvd dedup (dedup.verify_min) and the rank lift of a verified pair: above any
+# cosine or calibrated score (both lie in [-2, 1]).
+VERIFY_MIN = 0.9
+VERIFIED_RANK = 4.0
 DENSITY_RANKS = (5, 20)
 _SUCCESS = "_SUCCESS"
 
@@ -327,9 +332,50 @@ def phash_scores(copy_set: RealCopySet, k: int = K_NEIGHBOURS):
     return keys, i, j, {"hamming": -hamming}
 
 
-def evaluate_embeddings(truth: CopySetTruth, embeddings: np.ndarray) -> dict[str, dict]:
-    """Metrics per score kind (cosine, density) of embeddings whose rows are ``truth.keys``."""
+_PREPARED: dict = {}  # a window-check worker's prepared images, by path
+
+
+def _window_score_of(pair: tuple[str, str]) -> float:
+    from curation.models.window_match import prepare_bytes, window_score
+
+    for path in pair:
+        if path not in _PREPARED:
+            _PREPARED[path] = prepare_bytes(Path(path).read_bytes())
+    return window_score(_PREPARED[pair[0]], _PREPARED[pair[1]])
+
+
+def pair_window_scores(
+    copy_set: RealCopySet, keys: list[str], i: np.ndarray, j: np.ndarray, workers: int = 2
+) -> np.ndarray:
+    """:func:`curation.models.window_match.window_score` of each pair ``(keys[i], keys[j])``, in
+    ``workers`` processes (each image prepared once per process: pairs go out sorted)."""
+    from multiprocessing import get_context
+
+    order = np.lexsort((j, i))
+    pairs = [(str(copy_set.path(keys[a])), str(copy_set.path(keys[b]))) for a, b in zip(i, j)]
+    pairs = [pairs[k] for k in order]
+    if workers > 1:
+        with get_context("fork").Pool(workers) as pool:
+            found = pool.map(_window_score_of, pairs, chunksize=256)
+    else:
+        found = [_window_score_of(pair) for pair in pairs]
+    _PREPARED.clear()
+    scores = np.empty(len(pairs), np.float32)
+    scores[order] = found
+    return scores
+
+
+def evaluate_embeddings(
+    truth: CopySetTruth, embeddings: np.ndarray, window: Callable | None = None
+) -> dict[str, dict]:
+    """Metrics per score kind (cosine, density) of embeddings whose rows are ``truth.keys``;
+    with ``window`` (``(i, j) -> window scores``), also each kind with the pixel check
+    (``<kind>+verify``: pairs whose window score reaches :data:`VERIFY_MIN` ranked first)."""
     i, j, kinds = descriptor_scores(embeddings)
+    if window is not None:
+        verified = window(i, j) >= np.float32(VERIFY_MIN)
+        for kind in list(kinds):
+            kinds[f"{kind}+verify"] = kinds[kind] + VERIFIED_RANK * verified
     return {kind: score_copy_predictions(truth, i, j, s) for kind, s in kinds.items()}
 
 
@@ -409,10 +455,12 @@ def run_copydetect(
     device: str = "auto",
     num_workers: int = 2,
     pool_images: int | None = None,
+    verify: bool = False,
 ) -> dict:
     """Evaluate ``methods`` on ``split`` of the built benchmark at ``root``; store calibrations
     (chosen on the tuning split for a pool of ``pool_images``, checked on held-out) for methods
-    that ask. A JSON-ready report."""
+    that ask. ``verify``: descriptors are also scored with the pixel check of every kNN pair
+    (:func:`evaluate_embeddings`). A JSON-ready report."""
     from curation.models.descriptor import write_calibration
 
     sets = {name: load_split(root, name) for name in SPLITS}
@@ -437,7 +485,10 @@ def run_copydetect(
             scored = {kind: score_copy_predictions(truth, i, j, s) for kind, s in kinds.items()}
         else:
             keys, embeddings = embedded(method, split)
-            scored = evaluate_embeddings(split_truth(sets[split], keys), embeddings)
+            window = None
+            if verify:
+                window = partial(pair_window_scores, sets[split], keys, workers=num_workers)
+            scored = evaluate_embeddings(split_truth(sets[split], keys), embeddings, window)
         seconds = round(time.monotonic() - started, 1)
         for kind, metrics in scored.items():
             report["results"].append(

@@ -42,7 +42,7 @@ from curation.index.vectors import (  # noqa: F401 (re-exported)
     pair_similarities,
     train_centroids,
 )
-from schemas import DEDUP_EDGE_SCHEMA
+from schemas import DEDUP_CANDIDATE_SCHEMA, DEDUP_EDGE_SCHEMA
 
 log = logging.getLogger(__name__)
 
@@ -487,9 +487,11 @@ def cross_pairs(
     return qi[order].astype(np.int64), ri[order].astype(np.int64), sim[order]
 
 
-def edges_table(keys, i: np.ndarray, j: np.ndarray, sim: np.ndarray) -> pa.Table:
+def edges_table(
+    keys, i: np.ndarray, j: np.ndarray, sim: np.ndarray, score: np.ndarray | None = None
+) -> pa.Table:
     """DEDUP_EDGE rows for index pairs over ``keys`` (distinct strings): ``src_key < dst_key`` by
-    key order, sorted by (src_key, dst_key)."""
+    key order, sorted by (src_key, dst_key); with ``score``, DEDUP_CANDIDATE rows."""
     keys = keys if isinstance(keys, pa.Array | pa.ChunkedArray) else pa.array(keys, pa.string())
     if isinstance(keys, pa.ChunkedArray):
         keys = keys.combine_chunks()
@@ -500,12 +502,14 @@ def edges_table(keys, i: np.ndarray, j: np.ndarray, sim: np.ndarray) -> pa.Table
     a = pc.take(keys, pa.array(np.asarray(i, dtype=np.int64)))
     b = pc.take(keys, pa.array(np.asarray(j, dtype=np.int64)))
     swap = pc.greater(a, b)
-    table = pa.table(
-        {
-            "src_key": pc.if_else(swap, b, a),
-            "dst_key": pc.if_else(swap, a, b),
-            "similarity": pa.array(np.asarray(sim, dtype=np.float32), pa.float32()),
-        },
-        schema=DEDUP_EDGE_SCHEMA,
-    )
+    columns = {
+        "src_key": pc.if_else(swap, b, a),
+        "dst_key": pc.if_else(swap, a, b),
+        "similarity": pa.array(np.asarray(sim, dtype=np.float32), pa.float32()),
+    }
+    schema = DEDUP_EDGE_SCHEMA
+    if score is not None:
+        columns["score"] = pa.array(np.asarray(score, dtype=np.float32), pa.float32())
+        schema = DEDUP_CANDIDATE_SCHEMA
+    table = pa.table(columns, schema=schema)
     return table.sort_by([("src_key", "ascending"), ("dst_key", "ascending")])

@@ -104,11 +104,12 @@ def density_pairs_within_partition(
 
 
 def score_partition_edges(
-    keys, edges: pa.Table, threshold: float, density: DensityScore
+    keys, edges: pa.Table, threshold: float, density: DensityScore, with_score: bool = False
 ) -> tuple[pa.Table, np.ndarray]:
     """The pairs over ``threshold`` by density score among the partitions' merged rows
     (``edges``: :func:`density_pairs_within_partition` outputs after :func:`dedup_edges`), and
-    each key's density (float32, in ``keys`` order), taken from its pairs in ``edges``."""
+    each key's density (float32, in ``keys`` order), taken from its pairs in ``edges``;
+    ``with_score``: the pairs as DEDUP_CANDIDATE rows (their score beside the cosine)."""
     keys = keys if isinstance(keys, pa.Array | pa.ChunkedArray) else pa.array(keys, pa.string())
     n = len(keys)
     src = pc.index_in(edges["src_key"], value_set=keys)
@@ -119,8 +120,10 @@ def score_partition_edges(
     j = dst.to_numpy(zero_copy_only=False).astype(np.int64)
     sim = edges["similarity"].to_numpy().astype(np.float32)
     densities, _ = density_from_pairs(n, i, j, sim, density.ranks)
-    keep = density_scores(sim, densities[i], densities[j], density.beta) > np.float32(threshold)
-    return edges_table(keys, i[keep], j[keep], sim[keep]), densities
+    scores = density_scores(sim, densities[i], densities[j], density.beta)
+    keep = scores > np.float32(threshold)
+    score = scores[keep] if with_score else None
+    return edges_table(keys, i[keep], j[keep], sim[keep], score), densities
 
 
 def dedup_edges(edges: pa.Table) -> pa.Table:

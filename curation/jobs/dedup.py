@@ -7,7 +7,10 @@ Writes ``dedup_edges/`` (DEDUP_EDGE: every copy pair above the threshold), ``ded
 ``dedup.partitions > 0`` the pair search runs as one task per centroid partition on the engine
 (``dedup_partitions/`` holds the partitions, ``dedup_partition_edges/`` their pairs, and for density
 scores also each member's nearest neighbours); Spark users with pools beyond one machine run
-``jobs/dedup_spark.py``.
+``jobs/dedup_spark.py``. With ``dedup.verify`` (the default, when the records say where the images
+are) the pairs just under the threshold are checked with pixels first
+(:mod:`curation.jobs.dedup_verify`: ``dedup_candidates/``, ``dedup_check_input/``,
+``dedup_checked/``); ``dedup_edges/`` then holds the copy pairs of both kinds.
 
 The edge score and threshold (:func:`curation.stages.copy_dedup.resolve_scoring`): the settings,
 then the score calibration the embed stage recorded in the embeddings' ``_config.yaml`` (from the
@@ -40,8 +43,10 @@ from curation.index.partition import (
 )
 from curation.io import write_parquet_atomic
 from curation.jobs.config import CurationConfig
+from curation.jobs.dedup_verify import verify_candidates
 from curation.jobs.ingest import dedup_summary, unique_image_shards
 from curation.readers.embeddings import read_embeddings
+from curation.readers.record_locations import NOT_CHECKED, locate_images
 from curation.rundir import CONFIG, LEGACY_CONFIG
 from curation.runner import TABLE_OUTPUT, run_stage, run_table_stage
 from curation.stages.base import StageSpec
@@ -57,7 +62,13 @@ from curation.stages.copy_dedup import (
     self_edges,
 )
 from curation.stages.unique_images import UniqueImagesConfig, UniqueImagesStage
-from schemas import DEDUP_COMPONENT_SCHEMA, DEDUP_EDGE_SCHEMA, STATUS_OK, embedding_schema
+from schemas import (
+    DEDUP_CANDIDATE_SCHEMA,
+    DEDUP_COMPONENT_SCHEMA,
+    DEDUP_EDGE_SCHEMA,
+    STATUS_OK,
+    embedding_schema,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -155,11 +166,15 @@ def find_pairs(
     keys: list[str],
     vectors: np.ndarray,
     scoring: EdgeScoring,
+    candidates: bool = False,
 ) -> dict:
     """``dedup_edges/``: the pool's copy pairs under ``scoring``, in one process or one task per
-    partition. ``vectors``: as searched (:func:`curation.stages.copy_dedup.search_vectors`)."""
+    partition. ``vectors``: as searched (:func:`curation.stages.copy_dedup.search_vectors`).
+    ``candidates``: ``dedup_candidates/`` instead, DEDUP_CANDIDATE rows (each pair's score beside
+    its cosine), for :mod:`curation.jobs.dedup_verify`."""
     run, config = cfg.run_dir, cfg.dedup
-    edges = run.stage("dedup_edges")
+    edges = run.stage("dedup_candidates" if candidates else "dedup_edges")
+    schema = DEDUP_CANDIDATE_SCHEMA if candidates else DEDUP_EDGE_SCHEMA
     extra: dict = {}
 
     def summarize(table: pa.Table) -> dict:
@@ -170,10 +185,11 @@ def find_pairs(
         def search() -> pa.Table:
             found = self_edges(vectors, config, scoring)
             extra.update(_density_stats(found.density))
-            return edges_table(keys, found.i, found.j, found.similarity)
+            score = found.score if candidates else None
+            return edges_table(keys, found.i, found.j, found.similarity, score)
 
         return run_table_stage(
-            "copy_pairs", search, DEDUP_EDGE_SCHEMA, edges, config=config, summarize=summarize
+            "copy_pairs", search, schema, edges, config=config, summarize=summarize
         )
     if edges.is_complete():
         return edges.read_stats()
@@ -186,15 +202,18 @@ def find_pairs(
         merged = dedup_edges(storage.read_table(found.outputs()))
         density = scoring.density()
         if density is None:
-            return merged
+            if not candidates:
+                return merged
+            columns = [*merged.columns, merged["similarity"]]
+            return pa.table(columns, schema=DEDUP_CANDIDATE_SCHEMA)
         # The partitions sent candidates and neighbours: score them with merged densities.
-        accepted, densities = score_partition_edges(keys, merged, scoring.threshold, density)
+        accepted, densities = score_partition_edges(
+            keys, merged, scoring.threshold, density, with_score=candidates
+        )
         extra.update(_density_stats(densities), partition_rows=merged.num_rows)
         return accepted
 
-    return run_table_stage(
-        "copy_pairs", merge, DEDUP_EDGE_SCHEMA, edges, config=config, summarize=summarize
-    )
+    return run_table_stage("copy_pairs", merge, schema, edges, config=config, summarize=summarize)
 
 
 def run_dedup(
@@ -216,7 +235,15 @@ def run_dedup(
     keys, vectors = read_embeddings(embeddings)
     scoring = resolve_scoring(config, *recorded_calibration(embeddings))
     searched = search_vectors(vectors, scoring)
-    stats = {"dedup_edges": find_pairs(cfg, engine, keys, searched, scoring)}
+    verify = config.verify and locate_images(records)
+    if config.verify and not verify:
+        logger.warning(NOT_CHECKED)
+    if verify:
+        lowered = scoring.lowered(config.verify_margin)
+        stats = {"dedup_candidates": find_pairs(cfg, engine, keys, searched, lowered, True)}
+        stats.update(verify_candidates(cfg, engine, records, scoring))
+    else:
+        stats = {"dedup_edges": find_pairs(cfg, engine, keys, searched, scoring)}
 
     def compute() -> pa.Table:
         index = {key: row for row, key in enumerate(keys)}

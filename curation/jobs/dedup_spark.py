@@ -23,6 +23,7 @@ from curation.engines.spark import SparkEngine
 from curation.engines.spark_dedup import SparkDedupConfig, spark_dedup_frames
 from curation.engines.spark_frames import write_folder
 from curation.engines.spark_stats import component_stats_of, eval_set_stats, reason_counts
+from curation.imaging import DEFAULT_MAX_PIXELS
 from curation.io import sweep_temp_files
 from curation.jobs.config import CurationConfig
 from curation.jobs.dedup import recorded_calibration
@@ -37,8 +38,9 @@ from schemas import DEDUP_COMPONENT_SCHEMA, DEDUP_EDGE_SCHEMA
 logger = logging.getLogger(__name__)
 
 
-def spark_config(config: CopyDedupConfig) -> SparkDedupConfig:
-    """The Spark job's settings from a run's ``dedup`` settings (``partitions`` 0: automatic)."""
+def spark_config(config: CopyDedupConfig, max_pixels: int = DEFAULT_MAX_PIXELS) -> SparkDedupConfig:
+    """The Spark job's settings from a run's ``dedup`` settings (``partitions`` 0: automatic;
+    ``max_pixels``: the decode limit of the pixel check)."""
     return SparkDedupConfig(
         k=config.k,
         score=config.score,
@@ -49,6 +51,10 @@ def spark_config(config: CopyDedupConfig) -> SparkDedupConfig:
         n_centroids=config.partitions or None,
         replicas=config.replicas,
         seed=config.seed,
+        verify=config.verify,
+        verify_margin=config.verify_margin,
+        verify_min=config.verify_min,
+        max_pixels=max_pixels,
     )
 
 
@@ -80,7 +86,7 @@ def run_dedup_spark(
     if not embeddings:
         raise FileNotFoundError(f"no embeddings to dedup under {run.root}; run `lvd embed` first")
     run.save_config(cfg)
-    config = spark_config(cfg.dedup)
+    config = spark_config(cfg.dedup, cfg.embed.max_pixels)
     edges_dir, copy_dir = run.stage("dedup_edges"), run.stage("dedup_copy")
     if copy_dir.is_complete() and edges_dir.is_complete():
         logger.info("stage dedup_copy already complete in %s; skipping", copy_dir.path)

@@ -22,6 +22,10 @@ Precedence, first that applies:
 * the calibration's centre, when it has one, is subtracted from every pool vector (then L2) before
   the search, whatever the score kind; DEDUP_EDGE ``similarity`` is the cosine searched.
 
+Pixel check (``verify``, :mod:`curation.jobs.dedup_verify`): pairs scoring within
+``verify_margin`` under the threshold are copies when one image is a rescaled window of the other
+(:mod:`curation.models.window_match`): the crops, pads and frames a descriptor scores just under.
+
 Decontamination: pool images with a neighbour among an evaluation set's images at raw cosine >
 ``eval_threshold`` (0.45 in DINOv2) mark their whole group ``eval_contaminated``: it is removed.
 It stays on the raw cosine of the uncentred descriptors: 0.45 is defined on that scale, an
@@ -36,6 +40,7 @@ vector in its ``replicas`` nearest so pairs near a boundary meet, searched one p
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass
@@ -76,6 +81,12 @@ class CopyDedupConfig:
     use_calibration: bool = True  # false: ignore a calibration recorded with the embeddings
     eval_threshold: float = 0.45  # raw cosine against evaluation sets (SPEC: 0.45)
     guard: bool = True  # chaining guard: members must match their representative directly
+    # Pixel check (curation.jobs.dedup_verify): pairs scoring in (threshold - verify_margin,
+    # threshold] are copies when one image is a rescaled window of the other, window_score >=
+    # verify_min (curation.models.window_match). Off: the descriptor score alone decides.
+    verify: bool = True
+    verify_margin: float = 0.15
+    verify_min: float = 0.9
     index: Literal["auto", "flat", "ivf", "ivfpq", "join"] = "auto"  # join: CPU, cosine only
     exact_limit: int = 50_000  # "auto": exact search up to this many images, IVF above
     nprobe: int = 16
@@ -98,6 +109,11 @@ class CopyDedupConfig:
             )
         if self.replicas < 1:
             raise ValueError(f"replicas must be at least 1, got {self.replicas}")
+        if not (0.0 <= self.verify_margin <= 2.0 and -1.0 <= self.verify_min <= 1.0):
+            raise ValueError(
+                "verify_margin (a score difference) must be in [0, 2] and verify_min (a "
+                f"correlation) in [-1, 1], got {self.verify_margin} and {self.verify_min}"
+            )
 
     def index_options(self) -> dict:
         return {
@@ -122,6 +138,10 @@ class EdgeScoring:
     kind_from: str = "default"
     threshold_from: str = "default"
     calibration_from: str | None = None  # where the recorded calibration was read, if used
+
+    def lowered(self, margin: float) -> EdgeScoring:
+        """The same score searched ``margin`` lower: the candidates of a pixel check."""
+        return dataclasses.replace(self, threshold=self.threshold - margin)
 
     def density(self) -> DensityScore | None:
         return DensityScore(self.ranks, self.beta) if self.kind == "density" else None

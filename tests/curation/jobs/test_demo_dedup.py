@@ -31,6 +31,11 @@ def test_the_dedup_chain_finds_the_planted_copies_at_the_calibrated_precision(de
     assert quality["true_pairs"] > 100
     assert quality["pair_precision"] >= 0.95, quality
     assert quality["pair_recall"] >= 0.9, quality
+    # Every planted group down to one image: the crops and frames the descriptor scores just
+    # under the threshold are merged by the pixel check (dedup.verify, on by default).
+    assert quality["planted_groups_with_one_kept"] == quality["planted_groups"], quality
+    edges = json.loads((demo.run_dir / "dedup_edges" / "_stats.json").read_text())
+    assert 0 < edges["pairs_verified"] < edges["pairs_checked"]
 
 
 def test_the_threshold_came_from_the_tuning_web_not_the_deduped_one(demo):
