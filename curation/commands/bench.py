@@ -53,7 +53,7 @@ def register(sub) -> None:
         "--verify",
         action="store_true",
         help="also score each descriptor with lvd dedup's pixel check (dedup.verify) of every "
-        "kNN pair: <score>+verify rows",
+        "kNN pair: <score>+verify rows, the score raised by the check's margin where it passes",
     )
     copydetect.add_argument("--target-precision", type=float, default=0.95)
     copydetect.add_argument(

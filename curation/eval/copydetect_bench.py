@@ -58,10 +58,11 @@ VERSION = "v1"
 SPLITS = ("tuning", "heldout")
 SOURCES = ("packages", "debian")
 K_NEIGHBOURS = 10
-# The pixel check of lvd dedup (dedup.verify_min) and the rank lift of a verified pair: above any
-# cosine or calibrated score (both lie in [-2, 1]).
+# The pixel check of lvd dedup: a pair passes at dedup.verify_min, and passing adds
+# dedup.verify_margin to its score, so that every threshold t splits the pairs as lvd dedup with
+# threshold t does (a copy: score > t, or score > t - margin and verified).
 VERIFY_MIN = 0.9
-VERIFIED_RANK = 4.0
+VERIFY_MARGIN = 0.15
 DENSITY_RANKS = (5, 20)
 _SUCCESS = "_SUCCESS"
 
@@ -370,12 +371,13 @@ def evaluate_embeddings(
 ) -> dict[str, dict]:
     """Metrics per score kind (cosine, density) of embeddings whose rows are ``truth.keys``;
     with ``window`` (``(i, j) -> window scores``), also each kind with the pixel check
-    (``<kind>+verify``: pairs whose window score reaches :data:`VERIFY_MIN` ranked first)."""
+    (``<kind>+verify``: :data:`VERIFY_MARGIN` added where the window score reaches
+    :data:`VERIFY_MIN`)."""
     i, j, kinds = descriptor_scores(embeddings)
     if window is not None:
         verified = window(i, j) >= np.float32(VERIFY_MIN)
         for kind in list(kinds):
-            kinds[f"{kind}+verify"] = kinds[kind] + VERIFIED_RANK * verified
+            kinds[f"{kind}+verify"] = kinds[kind] + np.float32(VERIFY_MARGIN) * verified
     return {kind: score_copy_predictions(truth, i, j, s) for kind, s in kinds.items()}
 
 

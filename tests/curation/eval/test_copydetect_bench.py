@@ -19,6 +19,7 @@ from curation.eval import debian_pictures
 from curation.eval.copy_detection import copy_set_truth, knn_pairs, score_copy_predictions
 from curation.eval.copydetect_bench import (
     SPLITS,
+    VERIFY_MARGIN,
     VERIFY_MIN,
     BenchSettings,
     build_benchmark,
@@ -39,6 +40,7 @@ from curation.eval.debian_pictures import (
 from curation.eval.real_images import RealPicture
 from curation.index.calibration import ScoreCalibration, threshold_for_precision
 from curation.models.descriptor import build_descriptor, save_descriptor_checkpoint
+from curation.stages.copy_dedup import CopyDedupConfig
 
 # --- the scorer on hand-made predictions ------------------------------------------------------
 
@@ -227,6 +229,8 @@ def test_the_pixel_check_ranks_the_pairs_it_verifies_first(bench, tmp_path, caps
     assert main(["bench", "copydetect", "--cache", str(cache), "--source", "packages", *argv]) == 0
     assert "tiny.pt  density+verify" in capsys.readouterr().out
     results = {r["score"]: r for r in json.loads(out.read_text())["results"]}
+    dedup = CopyDedupConfig()  # the benchmark scores the check lvd dedup applies
+    assert (VERIFY_MIN, VERIFY_MARGIN) == (dedup.verify_min, dedup.verify_margin)
     # The untrained network barely separates copies; the pixels do for crops, pads and frames.
     for kind in ("cosine", "density"):
         assert results[f"{kind}+verify"]["pair_micro_ap"] > results[kind]["pair_micro_ap"] + 0.05
