@@ -112,15 +112,12 @@ def _correlation(a: np.ndarray, b: np.ndarray) -> float:
     return float((a * b).sum()) / norm if norm > 1e-6 else -1.0
 
 
-def contained(query: np.ndarray, target: np.ndarray) -> float:
-    """How well ``query``, rescaled, matches a window of ``target``: at the best NCC position of
-    each size, the smaller of that NCC and the NCC of the fine structure (:func:`_detail`) plus
-    :data:`DETAIL_SLACK`; the best over sizes (-1 when no size fits)."""
+def _best_positions(query: np.ndarray, target: np.ndarray):
+    """``(ncc, template, row, col)`` per size of ``query`` that fits in ``target``: the rescaled
+    query and its best NCC position."""
     target_h, target_w = target.shape
     query_h, query_w = query.shape
     fit = min(target_h / query_h, target_w / query_w)
-    target_detail = _detail(target)
-    best = -1.0
     for scale in fit * np.geomspace(MIN_SCALE, 1.0, SCALE_STEPS):
         height, width = round(query_h * scale), round(query_w * scale)
         if min(height, width) < MIN_TEMPLATE_SIDE or height > target_h or width > target_w:
@@ -133,15 +130,39 @@ def contained(query: np.ndarray, target: np.ndarray) -> float:
             continue
         scores = ncc_map(target, template)
         row, col = np.unravel_index(int(np.argmax(scores)), scores.shape)
-        found = float(scores[row, col])
-        if found <= best:
-            continue
-        detail = _correlation(
-            _detail(template), target_detail[row : row + height, col : col + width]
-        )
-        cells = _cells_matched(template, target[row : row + height, col : col + width])
-        best = max(best, min(found, detail + DETAIL_SLACK, cells + CELL_SLACK))
+        yield float(scores[row, col]), template, int(row), int(col)
+
+
+def _best_match(directions: list[tuple[np.ndarray, np.ndarray]]) -> float:
+    """The best over the directions' sizes of the smaller of the NCC, the fine-structure NCC plus
+    :data:`DETAIL_SLACK` and the matched cells plus :data:`CELL_SLACK` (-1 when no size fits).
+    Sizes are checked from the highest NCC down, stopping where the NCC alone cannot beat the best:
+    the same result as checking every size, for a fraction of the work."""
+    found = []
+    for index, (query, target) in enumerate(directions):
+        found += [(ncc, index, *rest) for ncc, *rest in _best_positions(query, target)]
+    found.sort(key=lambda item: -item[0])
+    best, details = -1.0, {}
+    for ncc, index, template, row, col in found:
+        if ncc <= best:
+            break
+        target = directions[index][1]
+        if index not in details:
+            details[index] = _detail(target)
+        height, width = template.shape
+        window = (slice(row, row + height), slice(col, col + width))
+        detail = _correlation(_detail(template), details[index][window])
+        cells = _cells_matched(template, target[window])
+        best = max(best, min(ncc, detail + DETAIL_SLACK, cells + CELL_SLACK))
     return best
+
+
+def contained(query: np.ndarray, target: np.ndarray) -> float:
+    """How well ``query``, rescaled, matches a window of ``target``: at the best NCC position of
+    each size, the smaller of that NCC, the NCC of the fine structure (:func:`_detail`) plus
+    :data:`DETAIL_SLACK` and the share of matched cells plus :data:`CELL_SLACK`; the best over
+    sizes (-1 when no size fits)."""
+    return _best_match([(query, target)])
 
 
 def _cells_matched(template: np.ndarray, window: np.ndarray) -> float:
@@ -165,8 +186,8 @@ def _cells_matched(template: np.ndarray, window: np.ndarray) -> float:
 def window_score(a: np.ndarray, b: np.ndarray, mirror: bool = True) -> float:
     """How well one of two prepared images (:func:`prepare`) is a rescaled window of the other
     (and, with ``mirror``, of the other's mirror image): the best NCC, in [-1, 1]."""
-    candidates = [(a, b), (b, a)]
+    directions = [(a, b), (b, a)]
     if mirror:
         flipped = np.ascontiguousarray(a[:, ::-1])
-        candidates += [(flipped, b), (b, flipped)]
-    return max(contained(query, target) for query, target in candidates)
+        directions += [(flipped, b), (b, flipped)]
+    return _best_match(directions)
