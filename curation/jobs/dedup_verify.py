@@ -42,6 +42,8 @@ from schemas import DEDUP_EDGE_SCHEMA, PAIR_CHECK_SCHEMA
 
 logger = logging.getLogger(__name__)
 
+CROWDED_BAND = 2.0  # band pairs per image in the band above which the check's cost is flagged
+
 
 def check_rows(band: pa.Table, locations: pa.Table) -> pa.Table:
     """PAIR_CHECK rows of the ``band`` candidates, each image's location taken from ``locations``
@@ -132,6 +134,16 @@ def verify_candidates(
             scoring.threshold - config.verify_margin,
             scoring.threshold,
         )
+        pool = max(1, len(set(band["src_key"].to_pylist()) | set(band["dst_key"].to_pylist())))
+        if band.num_rows > CROWDED_BAND * pool:
+            logger.warning(
+                "%d pairs of %d images score just under the threshold (%.1f per image): the "
+                "pixel check takes ~50 ms a pair on one core; a narrower dedup.verify_margin or "
+                "dedup.verify=false skips most of it",
+                band.num_rows,
+                pool,
+                band.num_rows / pool,
+            )
         spec = StageSpec(VerifyPairsStage, VerifyPairsConfig(max_pixels=cfg.embed.max_pixels))
         stats["dedup_checked"] = run_stage(spec, inputs, checked_dir, engine)
         checked = storage.read_table(checked_dir.outputs())
