@@ -40,7 +40,9 @@ def _copies(image: Image.Image) -> dict[str, Image.Image]:
     meme = Image.new("RGB", (w, h * 4 // 3), (255, 255, 255))
     meme.paste(image, (0, h // 3))
     ImageDraw.Draw(meme).rectangle((20, 20, w - 30, h // 6), fill=(0, 0, 0))
-    pad = ImageOps.expand(image, border=(w // 8, 0, w // 8, h // 5), fill=(30, 200, 40))
+    # A pad is no strict window once its borders are cropped: the descriptor's to find. Padding
+    # around a crop is one.
+    pad = ImageOps.expand(crop, border=(w // 8, 0, w // 8, h // 5), fill=(30, 200, 40))
     return {
         name: copy.resize((copy.width * 3 // 5, copy.height * 3 // 5))
         for name, copy in (("crop", crop), ("meme", meme), ("pad", pad))
