@@ -215,7 +215,9 @@ def spark_dedup_frames(
     verify = config.verify and locate_images(record_files(records))
     if config.verify and not verify:
         logger.warning(NOT_CHECKED)
-    search_threshold = scoring.threshold - (config.verify_margin if verify else 0.0)
+    search_threshold = (
+        scoring.lowered(config.verify_margin).threshold if verify else scoring.threshold
+    )
     if n_pool:
         centroids = train_partition_centroids(
             pool, n_pool, config.n_centroids, config.sample_size, config.seed

@@ -1,7 +1,7 @@
 """``dedup.verify``: the copy pairs just under the threshold checked with pixels.
 
-A descriptor scores a crop, a pad or a framed copy a little under its original's score (it sees a
-different picture); the pixels still line up. With ``dedup.verify=true`` the pair search runs at
+A descriptor scores a crop, a framed copy or a picture pasted onto another a little under its
+original's score (it sees a different picture); the pixels still line up. With ``dedup.verify=true`` the pair search runs at
 ``threshold - verify_margin`` and writes ``dedup_candidates/`` (DEDUP_CANDIDATE: each pair's cosine
 and score). Pairs over the threshold are copies as before; the others (the band) are checked:
 ``dedup_check_input/`` holds them with both images' byte locations (PAIR_CHECK, from the records),
@@ -11,8 +11,8 @@ a rescaled window of the other (``window_score >= verify_min``). ``dedup_edges/`
 copy pair, as without the check, and the groups are made from it. An image that cannot be read
 leaves its pairs unchecked (not copies), counted in the stats.
 
-The Spark job (:mod:`curation.engines.spark_dedup`) does the same with the same stage and
-:func:`accepted_edges`, so every engine keeps the same set.
+The Spark job (:mod:`curation.engines.spark_verify`) does the same with the same stage and the
+same float32 comparisons in Spark SQL, so every engine keeps the same set.
 """
 
 from __future__ import annotations
